@@ -1,0 +1,180 @@
+"""Mail addresses: RFC 5321 paths, RFC 6531 internationalised forms, and our normalisation.
+
+Pure functions, no I/O. The SMTP session parses MAIL and RCPT arguments here; the user
+database and the CLI use :func:`parse_address` and :func:`normalize` so that every part of the
+server compares addresses the same way.
+
+Normalisation (documented in the README): the domain is compared case-insensitively and in
+its IDNA A-label form; the local part is compared case-insensitively (Unicode ``casefold``)
+after removing quoting that does not change its meaning (``"bob"`` equals ``bob``). Local parts
+that need quoting (containing ``@``, spaces, ...) keep their quotes and never match an account
+created from an unquoted name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
+MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
+MAX_PATH = 256  # RFC 5321 §4.5.3.1.3
+
+# RFC 5322 atext, extended by RFC 6531 §3.3 with any non-ASCII character.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010FFFF]"
+_DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
+# RFC 5321 qtextSMTP and quoted-pairSMTP, plus non-ASCII (RFC 6531).
+_QUOTED_STRING = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010FFFF]|\\[\x20-\x7e])*"')
+_LDH_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_NEEDS_NO_QUOTES = re.compile(rf"{_DOT_STRING.pattern}")
+
+
+class AddressError(ValueError):
+    """The text is not a valid address; the message says why, for a 501 reply or a CLI error."""
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """An RFC 5321 Mailbox: ``local_part`` unquoted (its meaning), ``domain`` as given."""
+
+    local_part: str
+    domain: str
+
+    @property
+    def is_address_literal(self) -> bool:
+        return self.domain.startswith("[")
+
+    @property
+    def is_ascii(self) -> bool:
+        return self.local_part.isascii() and self.domain.isascii()
+
+    def __str__(self) -> str:
+        return f"{quote_local_part(self.local_part)}@{self.domain}"
+
+    def normalized(self) -> str:
+        """The form used for every comparison and database key (see the module docstring)."""
+        return f"{normalize_local_part(self.local_part)}@{normalize_domain(self.domain)}"
+
+
+def quote_local_part(local_part: str) -> str:
+    """Write a local part in its shortest valid form: bare when a dot-string, else quoted."""
+    if _NEEDS_NO_QUOTES.fullmatch(local_part):
+        return local_part
+    escaped = local_part.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def normalize_local_part(local_part: str) -> str:
+    return local_part.casefold()
+
+
+def normalize_domain(domain: str) -> str:
+    """Lower-case A-label form of a domain; address literals are returned lower-cased."""
+    if domain.startswith("["):
+        return domain.lower()
+    if domain.isascii():
+        return domain.lower()
+    try:
+        return domain.encode("idna").decode("ascii").lower()
+    except UnicodeError as error:
+        raise AddressError(f"invalid internationalised domain {domain!r}") from error
+
+
+def parse_domain(text: str) -> str:
+    """Check an RFC 5321 Domain (or RFC 6531 U-label domain) and return it unchanged."""
+    if not text:
+        raise AddressError("empty domain")
+    if len(text.encode("utf-8")) > MAX_DOMAIN:
+        raise AddressError("domain too long")
+    if text.endswith("."):
+        raise AddressError("domain must not end with a dot")
+    ascii_form = normalize_domain(text)
+    labels = ascii_form.split(".")
+    if not all(_LDH_LABEL.fullmatch(label) for label in labels):
+        raise AddressError(f"invalid domain {text!r}")
+    return text
+
+
+def parse_address_literal(text: str) -> str:
+    """Check an RFC 5321 §4.1.3 address literal such as ``[192.0.2.1]`` or ``[IPv6:::1]``."""
+    inner = text[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            ipaddress.IPv6Address(inner[5:])
+        else:
+            ipaddress.IPv4Address(inner)
+    except ValueError as error:
+        raise AddressError(f"invalid address literal {text!r}") from error
+    return text
+
+
+def parse_mailbox(text: str) -> Mailbox:
+    """Parse ``local@domain`` (RFC 5321 Mailbox, with RFC 6531 UTF-8 allowed)."""
+    if text.startswith('"'):
+        match = _QUOTED_STRING.match(text)
+        if match is None:
+            raise AddressError("unterminated or invalid quoted local part")
+        raw_local = match.group(0)
+        local_part = re.sub(r"\\(.)", r"\1", raw_local[1:-1])
+        rest = text[match.end() :]
+    else:
+        raw_local, at, domain_part = text.rpartition("@")
+        if not at:
+            raise AddressError("address has no domain")
+        if not _DOT_STRING.fullmatch(raw_local):
+            raise AddressError(f"invalid local part {raw_local!r}")
+        local_part = raw_local
+        rest = "@" + domain_part
+    if not rest.startswith("@"):
+        raise AddressError("address has no domain")
+    if len(raw_local.encode("utf-8")) > MAX_LOCAL_PART:
+        raise AddressError("local part too long")
+    if not local_part:
+        raise AddressError("empty local part")
+    domain = rest[1:]
+    if domain.startswith("[") and domain.endswith("]"):
+        parse_address_literal(domain)
+    else:
+        parse_domain(domain)
+    return Mailbox(local_part, domain)
+
+
+def parse_address(text: str) -> Mailbox:
+    """Parse an address typed by an administrator or written in configuration."""
+    return parse_mailbox(text.strip())
+
+
+def normalize(text: str) -> str:
+    """Normalise an address typed by an administrator; raises :class:`AddressError`."""
+    return parse_address(text).normalized()
+
+
+def parse_path(text: str, *, allow_null: bool) -> Mailbox | None:
+    """Parse an RFC 5321 Path as found after ``MAIL FROM:`` or ``RCPT TO:``.
+
+    Returns None for the null reverse-path ``<>``. A source route (``<@a,@b:user@c>``) is
+    accepted and ignored, as RFC 5321 §4.1.1.3 and Appendix C require. Angle brackets are
+    expected; a bare address is tolerated since old clients still send them.
+    """
+    if len(text.encode("utf-8")) > MAX_PATH:
+        raise AddressError("path too long")
+    if text.startswith("<"):
+        if not text.endswith(">"):
+            raise AddressError("missing closing angle bracket")
+        inner = text[1:-1]
+    else:
+        inner = text
+    if inner == "":
+        if allow_null:
+            return None
+        raise AddressError("empty path")
+    if inner.startswith("@"):
+        route, colon, inner = inner.partition(":")
+        if not colon:
+            raise AddressError("invalid source route")
+        for hop in route.split(","):
+            if not hop.startswith("@"):
+                raise AddressError("invalid source route")
+            parse_domain(hop[1:])
+    return parse_mailbox(inner)

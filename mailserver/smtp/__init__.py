@@ -1,0 +1,1 @@
+"""The SMTP server: session state machine, DATA decoder and Twisted glue."""

@@ -1,0 +1,120 @@
+"""Every SMTP reply the server sends, by name, with its RFC 3463 enhanced status code.
+
+Tests compare replies with these names: two replies are equal when their name, code and
+enhanced code agree, whatever their text (which may carry an id or a detail).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    enhanced: str | None
+    text: str = field(compare=False)
+    name: str = ""
+
+    def with_text(self, text: str) -> Reply:
+        return replace(self, text=text)
+
+    @property
+    def is_error(self) -> bool:
+        return self.code >= 400
+
+    def to_bytes(self) -> bytes:
+        """Wire form; multi-line text (lines joined by newlines) uses ``code-`` continuations."""
+        lines = self.text.split("\n")
+        prefix = f"{self.enhanced} " if self.enhanced else ""
+        out = []
+        for index, line in enumerate(lines):
+            separator = " " if index == len(lines) - 1 else "-"
+            out.append(f"{self.code}{separator}{prefix}{line}\r\n")
+        return "".join(out).encode("utf-8")
+
+
+def _reply(name: str, code: int, enhanced: str | None, text: str) -> Reply:
+    return Reply(code, enhanced, text, name)
+
+
+# RFC 2034 §3: enhanced codes on every reply except the greeting and the EHLO/HELO replies.
+GREETING = _reply("GREETING", 220, None, "ESMTP ready")
+EHLO_OK = _reply("EHLO_OK", 250, None, "")
+HELO_OK = _reply("HELO_OK", 250, None, "")
+OK = _reply("OK", 250, "2.0.0", "OK")
+RESET_OK = _reply("RESET_OK", 250, "2.0.0", "Reset state")
+SENDER_OK = _reply("SENDER_OK", 250, "2.1.0", "Sender OK")
+RECIPIENT_OK = _reply("RECIPIENT_OK", 250, "2.1.5", "Recipient OK")
+START_DATA = _reply("START_DATA", 354, None, "End data with <CR><LF>.<CR><LF>")
+CHUNK_OK = _reply("CHUNK_OK", 250, "2.0.0", "Chunk received")
+MESSAGE_ACCEPTED = _reply("MESSAGE_ACCEPTED", 250, "2.0.0", "Message accepted")
+VRFY_CANNOT_VERIFY = _reply(
+    "VRFY_CANNOT_VERIFY", 252, "2.5.0", "Cannot verify the user, but will accept mail for it"
+)
+HELP = _reply(
+    "HELP",
+    214,
+    "2.0.0",
+    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\n"
+    "See RFC 5321 and https://www.rfc-editor.org/info/rfc5321",
+)
+CLOSING = _reply("CLOSING", 221, "2.0.0", "Bye")
+
+# The client broke the protocol.
+LINE_TOO_LONG = _reply("LINE_TOO_LONG", 500, "5.5.2", "Line too long")
+UNRECOGNIZED_COMMAND = _reply("UNRECOGNIZED_COMMAND", 500, "5.5.2", "Command not recognized")
+BARE_LINE_ENDING_IN_COMMAND = _reply(
+    "BARE_LINE_ENDING_IN_COMMAND", 500, "5.5.2", "Bare CR or LF in command line"
+)
+SYNTAX_ERROR = _reply("SYNTAX_ERROR", 501, "5.5.4", "Syntax error in parameters")
+BAD_HELO = _reply("BAD_HELO", 501, "5.5.4", "Invalid domain or address literal")
+BAD_SENDER_SYNTAX = _reply("BAD_SENDER_SYNTAX", 501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT_SYNTAX = _reply("BAD_RECIPIENT_SYNTAX", 501, "5.1.3", "Bad recipient address syntax")
+NOT_IMPLEMENTED = _reply("NOT_IMPLEMENTED", 502, "5.5.1", "Command not implemented")
+BAD_SEQUENCE = _reply("BAD_SEQUENCE", 503, "5.5.1", "Bad sequence of commands")
+NEED_HELO = _reply("NEED_HELO", 503, "5.5.1", "Send EHLO or HELO first")
+NEED_MAIL = _reply("NEED_MAIL", 503, "5.5.1", "Send MAIL first")
+NEED_RCPT = _reply("NEED_RCPT", 503, "5.5.1", "Send RCPT first")
+NESTED_MAIL = _reply("NESTED_MAIL", 503, "5.5.1", "Sender already given")
+BDAT_IN_PROGRESS = _reply(
+    "BDAT_IN_PROGRESS", 503, "5.5.1", "BDAT transaction in progress: send BDAT or RSET"
+)
+NO_VALID_RECIPIENTS = _reply("NO_VALID_RECIPIENTS", 554, "5.5.1", "No valid recipients")
+UNKNOWN_PARAMETER = _reply(
+    "UNKNOWN_PARAMETER", 555, "5.5.4", "MAIL or RCPT parameter not recognized"
+)
+BAD_BODY_PARAMETER = _reply("BAD_BODY_PARAMETER", 501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
+BAD_SIZE_PARAMETER = _reply("BAD_SIZE_PARAMETER", 501, "5.5.4", "SIZE must be a number")
+NEEDS_SMTPUTF8 = _reply(
+    "NEEDS_SMTPUTF8", 553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter"
+)
+BARE_LINE_ENDING_IN_DATA = _reply(
+    "BARE_LINE_ENDING_IN_DATA",
+    550,
+    "5.5.2",
+    "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 section 2.3.8)",
+)
+TOO_MANY_ERRORS = _reply("TOO_MANY_ERRORS", 421, "4.7.0", "Too many errors, closing connection")
+
+# Policy.
+RELAY_DENIED = _reply("RELAY_DENIED", 554, "5.7.1", "Relay access denied")
+NO_SUCH_USER = _reply("NO_SUCH_USER", 550, "5.1.1", "No such user here")
+ALIAS_LOOP = _reply("ALIAS_LOOP", 550, "5.4.6", "Alias loop for this recipient")
+TOO_MANY_RECIPIENTS = _reply("TOO_MANY_RECIPIENTS", 452, "4.5.3", "Too many recipients")
+MESSAGE_TOO_BIG = _reply("MESSAGE_TOO_BIG", 552, "5.3.4", "Message size exceeds fixed limit")
+TOO_MANY_HOPS = _reply(
+    "TOO_MANY_HOPS", 554, "5.4.0", "Too many Received headers: probable mail loop"
+)
+TOO_MANY_CONNECTIONS = _reply(
+    "TOO_MANY_CONNECTIONS", 421, "4.7.0", "Too many connections from your address"
+)
+SERVER_BUSY = _reply("SERVER_BUSY", 421, "4.3.2", "Too many connections, try again later")
+TIMEOUT = _reply("TIMEOUT", 421, "4.4.2", "Timeout, closing connection")
+SHUTTING_DOWN = _reply("SHUTTING_DOWN", 421, "4.3.2", "Service shutting down")
+
+# Our own trouble: always temporary (never 5xx for a problem of ours).
+INSUFFICIENT_STORAGE = _reply(
+    "INSUFFICIENT_STORAGE", 452, "4.3.1", "Insufficient system storage, try again later"
+)
+LOCAL_ERROR = _reply("LOCAL_ERROR", 451, "4.3.0", "Local error in processing, try again later")

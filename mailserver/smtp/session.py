@@ -1,0 +1,537 @@
+"""The SMTP server session (RFC 5321) as a state machine with no I/O.
+
+The glue (:mod:`mailserver.smtp.server`) feeds it command lines and the results of the work
+it asked for; every method returns what to do next: a :class:`Reply` to send, or an action for
+the glue to carry out (look a recipient up, receive message content, deliver, close).
+
+States and the commands allowed in each are the table ``ALLOWED`` below; a command outside
+its states gets the 503 reply that ``OUT_OF_SEQUENCE`` names for the current state (RFC 5321
+§4.1.4), except BDAT, whose octets must still be read before it is refused (RFC 3030 §3).
+RSET, NOOP, QUIT, VRFY and HELP are allowed in every state. EHLO/HELO and RSET end any
+transaction. While content is being received the glue feeds no command lines at all.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+from mailserver.address import AddressError, Mailbox, parse_address_literal, parse_path
+from mailserver.interfaces import Lookup, RecipientLookup
+from mailserver.smtp import replies
+from mailserver.smtp.data import ContentSummary
+from mailserver.smtp.replies import Reply
+
+MAX_COMMAND_LINE = 512  # octets including CRLF, RFC 5321 §4.5.3.1.4
+
+# HELO/EHLO argument: a domain (underscores tolerated, as real clients send them) or literal.
+_HELO_DOMAIN = re.compile(
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*"
+)
+_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+class State(enum.Enum):
+    GREETED = "greeted"  # connected, no EHLO/HELO yet
+    READY = "ready"  # greeted, no transaction
+    MAIL = "mail"  # MAIL accepted, no recipient accepted yet
+    RCPT = "rcpt"  # at least one recipient accepted
+    BDAT = "bdat"  # BDAT chunks arriving, the LAST one not yet
+    CLOSED = "closed"
+
+
+_HELLO_STATES = frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT})
+_ANYTIME = frozenset(State) - {State.CLOSED}
+ALLOWED: dict[str, frozenset[State]] = {
+    "EHLO": _HELLO_STATES,
+    "HELO": _HELLO_STATES,
+    "MAIL": frozenset({State.READY}),
+    "RCPT": frozenset({State.MAIL, State.RCPT}),
+    "DATA": frozenset({State.MAIL, State.RCPT}),  # in MAIL: 554, RFC 2920 §3.1
+    "BDAT": frozenset({State.MAIL, State.RCPT, State.BDAT}),
+}
+OUT_OF_SEQUENCE: dict[State, Reply] = {
+    State.GREETED: replies.NEED_HELO,
+    State.READY: replies.NEED_MAIL,
+    State.MAIL: replies.NESTED_MAIL,
+    State.RCPT: replies.NESTED_MAIL,
+    State.BDAT: replies.BDAT_IN_PROGRESS,
+}
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    """Limits and identity for one listener; built from the configuration."""
+
+    hostname: str
+    max_message_size: int
+    max_recipients: int
+    max_received_headers: int
+    max_errors: int
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    address: str  # IP address as text
+    port: int
+
+
+@dataclass
+class Transaction:
+    """One mail transaction: MAIL, its accepted recipients, then content."""
+
+    id: str
+    sender: Mailbox | None
+    smtputf8: bool
+    body_8bit: bool
+    recipients: list[Mailbox] = field(default_factory=list)
+    mailboxes: list[str] = field(default_factory=list)
+
+    def add_mailboxes(self, mailboxes: tuple[str, ...]) -> None:
+        for mailbox in mailboxes:
+            if mailbox not in self.mailboxes:
+                self.mailboxes.append(mailbox)
+
+
+# Actions for the glue.
+@dataclass(frozen=True)
+class CheckRecipient:
+    """Look ``recipient`` up, then call :meth:`SMTPSession.recipient_checked`."""
+
+    recipient: Mailbox
+
+
+@dataclass(frozen=True)
+class ReceiveContent:
+    """Send ``reply`` (354, or nothing for BDAT), then receive message content.
+
+    ``trace_headers`` go first into the stored message. With ``chunk_size`` None the content
+    is dot-stuffed and ends at CRLF.CRLF (DATA); otherwise exactly ``chunk_size`` octets
+    follow (BDAT), and ``last`` says whether this chunk ends the message. ``discard`` asks for
+    the octets to be read and thrown away (a BDAT that must be refused once read, RFC 3030 §3).
+    """
+
+    reply: Reply | None
+    trace_headers: bytes
+    max_size: int
+    chunk_size: int | None = None
+    last: bool = True
+    discard: Reply | None = None
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Store the received message for ``transaction.mailboxes``, then call
+    :meth:`SMTPSession.delivery_finished`."""
+
+    transaction: Transaction
+
+
+@dataclass(frozen=True)
+class Close:
+    """Send ``reply`` and close the connection."""
+
+    reply: Reply
+
+
+Outcome = Reply | CheckRecipient | ReceiveContent | Deliver | Close
+
+
+class SMTPSession:
+    """Protocol state of one SMTP connection; see the module docstring for the table."""
+
+    def __init__(
+        self,
+        policy: SessionPolicy,
+        client: ClientInfo,
+        now: Callable[[], float],
+        new_id: Callable[[], str],
+    ) -> None:
+        self.policy = policy
+        self.client = client
+        self._now = now
+        self._new_id = new_id
+        self.state = State.GREETED
+        self.helo: str | None = None
+        self.esmtp = False
+        self.transaction: Transaction | None = None
+        self._errors = 0
+        self._pending_recipient: Mailbox | None = None
+        self._content_started = False
+
+    # -- entry points -------------------------------------------------------------------
+
+    def greeting(self) -> Reply:
+        return replies.GREETING.with_text(f"{self.policy.hostname} ESMTP ready")
+
+    def handle_line(self, line: bytes) -> Outcome:
+        """Handle one command line, without its line ending."""
+        if len(line) + 2 > MAX_COMMAND_LINE:
+            return self._error(replies.LINE_TOO_LONG)
+        if b"\r" in line or b"\n" in line:
+            return self._error(replies.BARE_LINE_ENDING_IN_COMMAND)
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._error(replies.SYNTAX_ERROR.with_text("Command is not valid UTF-8"))
+        verb, _, argument = text.partition(" ")
+        verb = verb.upper()
+        handler = self._HANDLERS.get(verb)
+        if handler is None:
+            return self._error(replies.UNRECOGNIZED_COMMAND)
+        if self.state not in ALLOWED.get(verb, _ANYTIME):
+            refusal = OUT_OF_SEQUENCE[self.state]
+            if verb == "BDAT":
+                return self._refuse_chunk(argument, refusal)
+            return self._error(refusal)
+        return handler(self, argument)
+
+    def line_too_long(self) -> Outcome:
+        """The glue saw a command line longer than the limit (§4.5.3.1.4)."""
+        return self._error(replies.LINE_TOO_LONG)
+
+    def recipient_checked(self, lookup: RecipientLookup) -> Outcome:
+        recipient = self._pending_recipient
+        transaction = self.transaction
+        assert recipient is not None and transaction is not None
+        self._pending_recipient = None
+        if lookup.outcome is Lookup.DELIVER:
+            transaction.recipients.append(recipient)
+            transaction.add_mailboxes(lookup.mailboxes)
+            self.state = State.RCPT
+            return replies.RECIPIENT_OK
+        refusal = {
+            Lookup.NOT_OUR_DOMAIN: replies.RELAY_DENIED,
+            Lookup.NO_SUCH_USER: replies.NO_SUCH_USER,
+            Lookup.ALIAS_LOOP: replies.ALIAS_LOOP,
+        }[lookup.outcome]
+        return self._error(refusal)
+
+    def content_received(self, summary: ContentSummary, last: bool = True) -> Outcome:
+        """All of DATA, or one BDAT chunk, has arrived and been inspected."""
+        transaction = self.transaction
+        assert transaction is not None
+        refusal = self._content_refusal(summary)
+        if refusal is not None:
+            self._end_transaction()
+            return self._error(refusal)
+        if not last:
+            self.state = State.BDAT
+            return replies.CHUNK_OK.with_text(f"{summary.size} octets received")
+        return Deliver(transaction)
+
+    def chunk_discarded(self, refusal: Reply) -> Outcome:
+        """A BDAT chunk that had to be refused has been read and thrown away."""
+        return self._error(refusal)
+
+    def delivery_finished(self, failure: Reply | None) -> Reply:
+        """Delivery of the transaction's message succeeded (None) or failed with ``failure``.
+
+        A failure here is our own trouble, not the client's: it does not count as an error.
+        """
+        transaction = self.transaction
+        assert transaction is not None
+        self._end_transaction()
+        if failure is not None:
+            return failure
+        return replies.MESSAGE_ACCEPTED.with_text(f"Message accepted, id {transaction.id}")
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _error(self, reply: Reply) -> Outcome:
+        """A protocol error by the client; too many of them end the session."""
+        self._errors += 1
+        if self._errors > self.policy.max_errors:
+            self.state = State.CLOSED
+            return Close(replies.TOO_MANY_ERRORS)
+        return reply
+
+    def _end_transaction(self) -> None:
+        self.transaction = None
+        self._content_started = False
+        if self.state is not State.CLOSED:
+            self.state = State.READY
+
+    def _content_refusal(self, summary: ContentSummary) -> Reply | None:
+        if summary.too_big:
+            return replies.MESSAGE_TOO_BIG
+        if summary.bare_line_ending:
+            return replies.BARE_LINE_ENDING_IN_DATA
+        # §6.3: loop detection by counting trace headers; ours will be one more.
+        if summary.received_headers + 1 > self.policy.max_received_headers:
+            return replies.TOO_MANY_HOPS
+        return None
+
+    def _trace_headers(self, transaction: Transaction) -> bytes:
+        """Return-Path, Received (§4.4) and, for a single mailbox, Delivered-To.
+
+        Every value here was parsed and validated (no CR or LF can reach it). With several
+        recipients the "for" clause and Delivered-To are left out: the file is shared by all
+        of them and must not tell one recipient who else received it.
+        """
+        sender = f"<{transaction.sender}>" if transaction.sender else "<>"
+        protocol = "UTF8SMTP" if transaction.smtputf8 else "ESMTP" if self.esmtp else "SMTP"
+        lines = [f"Return-Path: {sender}"]
+        if len(transaction.mailboxes) == 1:
+            lines.append(f"Delivered-To: {transaction.mailboxes[0]}")
+        received = (
+            f"Received: from {self.helo} ([{self.client.address}])\r\n"
+            f"\tby {self.policy.hostname} with {protocol} id {transaction.id}"
+        )
+        if len(transaction.recipients) == 1:
+            received += f"\r\n\tfor <{transaction.recipients[0]}>"
+        received += f";\r\n\t{formatdate(self._now(), localtime=True)}"
+        lines.append(received)
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def _start_content(self, reply: Reply | None, chunk_size: int | None, last: bool) -> Outcome:
+        transaction = self.transaction
+        assert transaction is not None
+        first = not self._content_started
+        self._content_started = True
+        return ReceiveContent(
+            reply=reply,
+            trace_headers=self._trace_headers(transaction) if first else b"",
+            max_size=self.policy.max_message_size,
+            chunk_size=chunk_size,
+            last=last,
+        )
+
+    # -- commands -----------------------------------------------------------------------
+
+    def _ehlo(self, argument: str) -> Outcome:
+        return self._hello(argument, esmtp=True)
+
+    def _helo(self, argument: str) -> Outcome:
+        return self._hello(argument, esmtp=False)
+
+    def _hello(self, argument: str, esmtp: bool) -> Outcome:
+        name = argument.strip()
+        if not _valid_helo(name):
+            return self._error(replies.BAD_HELO)
+        self.helo = name
+        self.esmtp = esmtp
+        self._end_transaction()
+        greeting = f"{self.policy.hostname} greets {name}"
+        if not esmtp:
+            return replies.HELO_OK.with_text(greeting)
+        extensions = [
+            greeting,
+            "PIPELINING",  # RFC 2920
+            f"SIZE {self.policy.max_message_size}",  # RFC 1870
+            "8BITMIME",  # RFC 6152
+            "ENHANCEDSTATUSCODES",  # RFC 2034
+            "SMTPUTF8",  # RFC 6531
+            "CHUNKING",  # RFC 3030
+        ]
+        return replies.EHLO_OK.with_text("\n".join(extensions))
+
+    def _mail(self, argument: str) -> Outcome:
+        parsed = _split_path_argument(argument, "FROM:")
+        if parsed is None:
+            return self._error(replies.SYNTAX_ERROR.with_text("Syntax: MAIL FROM:<address>"))
+        path, parameters = parsed
+        params = _parse_parameters(parameters)
+        if params is None:
+            return self._error(replies.SYNTAX_ERROR)
+        smtputf8 = False
+        body_8bit = False
+        for keyword, value in params.items():
+            if keyword == "SIZE" and self.esmtp:
+                if value is None or not value.isdigit():
+                    return self._error(replies.BAD_SIZE_PARAMETER)
+                if int(value) > self.policy.max_message_size:  # RFC 1870 §6.2
+                    return self._error(replies.MESSAGE_TOO_BIG)
+            elif keyword == "BODY" and self.esmtp:
+                if value is None or value.upper() not in {"7BIT", "8BITMIME"}:
+                    return self._error(replies.BAD_BODY_PARAMETER)
+                body_8bit = value.upper() == "8BITMIME"
+            elif keyword == "SMTPUTF8" and self.esmtp and value is None:
+                smtputf8 = True
+            else:
+                return self._error(replies.UNKNOWN_PARAMETER)
+        try:
+            sender = parse_path(path, allow_null=True)
+        except AddressError as error:
+            return self._error(replies.BAD_SENDER_SYNTAX.with_text(f"Bad sender address: {error}"))
+        if sender is not None and not sender.is_ascii and not smtputf8:
+            return self._error(replies.NEEDS_SMTPUTF8)  # RFC 6531 §3.5
+        self.transaction = Transaction(
+            id=self._new_id(), sender=sender, smtputf8=smtputf8, body_8bit=body_8bit
+        )
+        self.state = State.MAIL
+        return replies.SENDER_OK
+
+    def _rcpt(self, argument: str) -> Outcome:
+        transaction = self.transaction
+        assert transaction is not None
+        parsed = _split_path_argument(argument, "TO:")
+        if parsed is None:
+            return self._error(replies.SYNTAX_ERROR.with_text("Syntax: RCPT TO:<address>"))
+        path, parameters = parsed
+        params = _parse_parameters(parameters)
+        if params is None:
+            return self._error(replies.SYNTAX_ERROR)
+        if params:
+            return self._error(replies.UNKNOWN_PARAMETER)
+        try:
+            recipient = parse_path(path, allow_null=False)
+        except AddressError as error:
+            return self._error(
+                replies.BAD_RECIPIENT_SYNTAX.with_text(f"Bad recipient address: {error}")
+            )
+        assert recipient is not None
+        if not recipient.is_ascii and not transaction.smtputf8:
+            return self._error(replies.NEEDS_SMTPUTF8)
+        if len(transaction.recipients) >= self.policy.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS  # §4.5.3.1.10: 452, the client sends the rest later
+        if recipient.is_address_literal:
+            return self._error(replies.RELAY_DENIED)
+        self._pending_recipient = recipient
+        return CheckRecipient(recipient)
+
+    def _data(self, argument: str) -> Outcome:
+        if argument.strip():
+            return self._error(replies.SYNTAX_ERROR.with_text("DATA takes no argument"))
+        if self.state is State.MAIL:
+            # RFC 2920 §3.1: the pipelined DATA after every recipient was refused.
+            self._end_transaction()
+            return self._error(replies.NO_VALID_RECIPIENTS)
+        return self._start_content(replies.START_DATA, chunk_size=None, last=True)
+
+    def _bdat(self, argument: str) -> Outcome:
+        chunk = _parse_bdat(argument)
+        if chunk is None:
+            # The size is unknown, so the octets cannot be skipped: the session is unusable.
+            self.state = State.CLOSED
+            return Close(replies.SYNTAX_ERROR.with_text("Syntax: BDAT <size> [LAST]"))
+        size, last = chunk
+        if self.state is State.MAIL:
+            self._end_transaction()
+            return ReceiveContent(
+                None, b"", 0, chunk_size=size, last=last, discard=replies.NO_VALID_RECIPIENTS
+            )
+        return self._start_content(None, chunk_size=size, last=last)
+
+    def _refuse_chunk(self, argument: str, refusal: Reply) -> Outcome:
+        chunk = _parse_bdat(argument)
+        if chunk is None:
+            self.state = State.CLOSED
+            return Close(replies.SYNTAX_ERROR.with_text("Syntax: BDAT <size> [LAST]"))
+        size, last = chunk
+        return ReceiveContent(None, b"", 0, chunk_size=size, last=last, discard=refusal)
+
+    def _rset(self, argument: str) -> Outcome:
+        if self.state is not State.GREETED:
+            self._end_transaction()
+        return replies.RESET_OK
+
+    def _noop(self, argument: str) -> Outcome:
+        return replies.OK
+
+    def _quit(self, argument: str) -> Outcome:
+        self.state = State.CLOSED
+        return Close(replies.CLOSING.with_text(f"{self.policy.hostname} closing connection"))
+
+    def _vrfy(self, argument: str) -> Outcome:
+        # RFC 5321 §3.5.3: 252 without verifying, so VRFY cannot enumerate users.
+        if not argument.strip():
+            return self._error(replies.SYNTAX_ERROR.with_text("Syntax: VRFY <address>"))
+        return replies.VRFY_CANNOT_VERIFY
+
+    def _help(self, argument: str) -> Outcome:
+        return replies.HELP
+
+    def _not_implemented(self, argument: str) -> Outcome:
+        return self._error(replies.NOT_IMPLEMENTED)
+
+    _HANDLERS: dict[str, Callable[[SMTPSession, str], Outcome]] = {
+        "EHLO": _ehlo,
+        "HELO": _helo,
+        "MAIL": _mail,
+        "RCPT": _rcpt,
+        "DATA": _data,
+        "BDAT": _bdat,
+        "RSET": _rset,
+        "NOOP": _noop,
+        "QUIT": _quit,
+        "VRFY": _vrfy,
+        "HELP": _help,
+        "EXPN": _not_implemented,
+        "TURN": _not_implemented,
+        "ETRN": _not_implemented,
+        "STARTTLS": _not_implemented,
+        "AUTH": _not_implemented,
+    }
+
+
+def _valid_helo(name: str) -> bool:
+    if not name or len(name) > 255 or " " in name:
+        return False
+    if name.startswith("["):
+        try:
+            parse_address_literal(name)
+        except AddressError:
+            return False
+        return name.endswith("]")
+    return _HELO_DOMAIN.fullmatch(name) is not None
+
+
+def _parse_bdat(argument: str) -> tuple[int, bool] | None:
+    """``BDAT <size> [LAST]`` (RFC 3030 §2) as (size, last)."""
+    words = argument.split()
+    if not 1 <= len(words) <= 2 or not words[0].isdigit():
+        return None
+    if len(words) == 2 and words[1].upper() != "LAST":
+        return None
+    return int(words[0]), len(words) == 2
+
+
+def _split_path_argument(argument: str, prefix: str) -> tuple[str, str] | None:
+    """Split ``FROM:<path> params`` into the path and the parameter text.
+
+    The path ends at the ``>`` that closes it, outside any quoted local part, so a quoted
+    space or ``>`` cannot cut it short. Some clients put a space after the colon: tolerated.
+    """
+    if argument[: len(prefix)].upper() != prefix:
+        return None
+    rest = argument[len(prefix) :].lstrip(" ")
+    if not rest.startswith("<"):
+        path, _, parameters = rest.partition(" ")  # bare address, tolerated
+        return (path, parameters) if path else None
+    in_quotes = False
+    escaped = False
+    for index, char in enumerate(rest):
+        if escaped:
+            escaped = False
+        elif char == "\\" and in_quotes:
+            escaped = True
+        elif char == '"':
+            in_quotes = not in_quotes
+        elif char == ">" and not in_quotes:
+            path, parameters = rest[: index + 1], rest[index + 1 :]
+            if parameters and not parameters.startswith(" "):
+                return None
+            return path, parameters.strip(" ")
+    return None
+
+
+def _parse_parameters(text: str) -> dict[str, str | None] | None:
+    """RFC 5321 §4.1.2 esmtp-param list; None when malformed or a keyword repeats."""
+    params: dict[str, str | None] = {}
+    for word in text.split():
+        keyword, equals, value = word.partition("=")
+        if not _KEYWORD.fullmatch(keyword) or (equals and not value):
+            return None
+        keyword = keyword.upper()
+        if keyword in params:
+            return None
+        params[keyword] = value if equals else None
+    return params

@@ -1,0 +1,84 @@
+"""A message being received, on its way to the mailboxes.
+
+The spool keeps a small message in memory and moves a larger one to a file as it arrives, so
+memory stays bounded whatever the message size. The file lives in the data directory's
+``spool/`` folder, on the same filesystem as the mailboxes, so delivery can hard-link it into
+place; nothing in ``spool/`` is ever visible to mail readers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+from mailserver import durable
+
+SPILL_THRESHOLD = 256 * 1024
+STALE_AFTER = 24 * 3600  # seconds; older spool files are debris of a crash
+
+
+class Spool:
+    """Bytes of one message: :meth:`write` from the reactor, :meth:`commit` from a worker."""
+
+    def __init__(self, directory: Path, spill_threshold: int = SPILL_THRESHOLD) -> None:
+        self._directory = directory
+        self._spill_threshold = spill_threshold
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        """Append data; past the threshold, the buffer moves to the spool file."""
+        self.size += len(data)
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= self._spill_threshold:
+            self._flush()
+
+    def commit(self) -> Path:
+        """Write what is buffered, fsync the file and return its path (blocking)."""
+        self._flush()
+        assert self._fd is not None and self._path is not None
+        durable.fsync_file(self._fd)
+        return self._path
+
+    def discard(self) -> None:
+        """Close and remove the spool file, if any; safe to call more than once."""
+        self._buffer.clear()
+        self._buffered = 0
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._path is not None:
+            durable.remove_quietly(self._path)
+            self._path = None
+
+    def _flush(self) -> None:
+        if self._fd is None:
+            self._open()
+        assert self._fd is not None
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def _open(self) -> None:
+        path = self._directory / f"{time.time_ns()}.{os.getpid()}.{secrets.token_hex(6)}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._path = path
+
+
+def clean_stale(directory: Path, now: float) -> int:
+    """Remove spool files left behind by a crash; returns how many were removed."""
+    removed = 0
+    for entry in os.scandir(directory):
+        if entry.is_file() and now - entry.stat().st_mtime > STALE_AFTER:
+            durable.remove_quietly(Path(entry.path))
+            removed += 1
+    return removed
