@@ -140,6 +140,15 @@ class Close:
 Outcome = Reply | CheckRecipient | ReceiveContent | Deliver | Close
 
 
+def refusal(outcome: Outcome) -> Reply | None:
+    """The error reply an outcome carries, if it refuses something."""
+    if isinstance(outcome, Close):
+        return outcome.reply
+    if isinstance(outcome, Reply) and outcome.is_error:
+        return outcome
+    return None
+
+
 class SMTPSession:
     """Protocol state of one SMTP connection; see the module docstring for the table."""
 
@@ -209,6 +218,11 @@ class SMTPSession:
             Lookup.ALIAS_LOOP: replies.ALIAS_LOOP,
         }[lookup.outcome]
         return self._error(refusal)
+
+    def recipient_unavailable(self) -> Reply:
+        """The look-up for the pending recipient failed on our side (§4.2.5: temporary)."""
+        self._pending_recipient = None
+        return replies.LOCAL_ERROR
 
     def content_received(self, summary: ContentSummary, last: bool = True) -> Outcome:
         """All of DATA, or one BDAT chunk, has arrived and been inspected."""

@@ -1,0 +1,75 @@
+"""One structured log event per thing that happens to a message.
+
+Each function emits a ``twisted.logger`` event whose fields (``mail_event``, ``id``, ``client``
+and the rest) can be filtered and formatted by any observer; the format string gives a short
+readable line for the default text log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.logger import Logger
+
+log = Logger(namespace="mailserver.mail")
+
+
+def message_received(
+    *, id: str, client: str, helo: str | None, sender: str, recipients: Sequence[str], size: int
+) -> None:
+    log.info(
+        "received id={id} from={sender} client={client} helo={helo} size={size}"
+        " recipients={recipients}",
+        mail_event="received",
+        id=id,
+        client=client,
+        helo=helo,
+        sender=sender,
+        recipients=list(recipients),
+        size=size,
+    )
+
+
+def message_rejected(
+    *,
+    id: str | None,
+    client: str,
+    sender: str | None,
+    recipient: str | None,
+    code: int,
+    enhanced: str | None,
+    reason: str,
+) -> None:
+    log.info(
+        "rejected id={id} from={sender} to={recipient} client={client}: {code} {enhanced} {reason}",
+        mail_event="rejected",
+        id=id,
+        client=client,
+        sender=sender,
+        recipient=recipient,
+        code=code,
+        enhanced=enhanced,
+        reason=reason,
+    )
+
+
+def message_delivered(*, id: str, mailboxes: Sequence[str], size: int, name: str) -> None:
+    log.info(
+        "delivered id={id} to={mailboxes} size={size} file={name}",
+        mail_event="delivered",
+        id=id,
+        mailboxes=list(mailboxes),
+        size=size,
+        name=name,
+    )
+
+
+def delivery_failed(*, id: str, mailboxes: Sequence[str], code: int, reason: str) -> None:
+    log.warn(
+        "delivery failed id={id} to={mailboxes}: {code} {reason}",
+        mail_event="delivery-failed",
+        id=id,
+        mailboxes=list(mailboxes),
+        code=code,
+        reason=reason,
+    )

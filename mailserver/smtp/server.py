@@ -1,0 +1,443 @@
+"""Twisted glue for the SMTP server: bytes in, session outcomes carried out, replies out.
+
+The protocol owns the connection's byte stream and nothing else. It splits command lines
+(never letting one grow past the limit), switches to content mode when the session asks,
+runs the look-ups and deliveries the session asks for, and keeps pipelined input waiting
+(with the transport paused once a little has piled up) until each one is answered, so replies
+always go out in command order (RFC 2920).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailserver import events
+from mailserver.interfaces import IMailStore, IUserDatabase, RecipientLookup, StorageFull
+from mailserver.limits import Admission, ConnectionLimiter
+from mailserver.smtp import replies
+from mailserver.smtp.data import ContentInspector, DotDecoder
+from mailserver.smtp.replies import Reply
+from mailserver.smtp.session import (
+    MAX_COMMAND_LINE,
+    CheckRecipient,
+    ClientInfo,
+    Close,
+    Deliver,
+    Outcome,
+    ReceiveContent,
+    SessionPolicy,
+    SMTPSession,
+    refusal,
+)
+from mailserver.spool import Spool
+
+log = Logger()
+
+PAUSE_BACKLOG = 64 * 1024  # pipelined input held while waiting, before reading pauses
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    command: float  # to receive each complete command line
+    data: float  # of silence while message content is arriving
+
+
+def new_message_id() -> str:
+    return secrets.token_hex(8).upper()
+
+
+class SMTPServerFactory(Factory):
+    """Everything one SMTP listener set shares: policy, storage, limits, clock."""
+
+    def __init__(
+        self,
+        policy: SessionPolicy,
+        timeouts: Timeouts,
+        users: IUserDatabase,
+        store: IMailStore,
+        spool_directory: Path,
+        limiter: ConnectionLimiter,
+        reactor: IReactorTime,
+    ) -> None:
+        self.policy = policy
+        self.timeouts = timeouts
+        self.users = users
+        self.store = store
+        self.spool_directory = spool_directory
+        self.limiter = limiter
+        self.reactor = reactor
+
+    def buildProtocol(self, addr: object) -> SMTPServerProtocol:
+        return SMTPServerProtocol(self)
+
+
+class _Content:
+    """A message being received (across BDAT chunks): its spool and inspector, and how the
+    octets now arriving are framed: dot-stuffed DATA (``decoder``) or a counted chunk."""
+
+    def __init__(self, spool: Spool | None, max_size: int) -> None:
+        self.spool = spool
+        self.inspector = ContentInspector(spool.write if spool else _discard, max_size)
+        self.decoder: DotDecoder | None = None
+        self.chunk_remaining = 0
+        self.last = True
+        self.discard_reply: Reply | None = None
+        self.receiving = False
+
+    def release(self) -> None:
+        if self.spool is not None:
+            self.spool.discard()
+
+
+def _discard(data: bytes) -> None:
+    """Sink for content that is read only to be thrown away."""
+
+
+class SMTPServerProtocol(Protocol):
+    def __init__(self, factory: SMTPServerFactory) -> None:
+        self.factory = factory
+        self._buffer = bytearray()
+        self._content: _Content | None = None
+        self._waiting = False
+        self._paused = False
+        self._closing = False
+        self._discarding_line = False
+        self._admitted = False
+        self._timer: IDelayedCall | None = None
+        self._client = "unknown"
+        self.session: SMTPSession | None = None
+
+    # -- connection life ----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self._client = str(getattr(peer, "host", "local"))
+        admission = self.factory.limiter.admit(self._client)
+        if admission is not Admission.ADMITTED:
+            refusal = (
+                replies.TOO_MANY_CONNECTIONS
+                if admission is Admission.TOO_MANY_FROM_CLIENT
+                else replies.SERVER_BUSY
+            )
+            self._close_with(refusal)
+            return
+        self._admitted = True
+        _disable_nagle(self.transport)
+        self.session = SMTPSession(
+            self.factory.policy,
+            ClientInfo(self._client, int(getattr(peer, "port", 0))),
+            now=self.factory.reactor.seconds,
+            new_id=new_message_id,
+        )
+        self._send(self.session.greeting())
+        self._arm_timer(self.factory.timeouts.command)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        self._cancel_timer()
+        if self._admitted:
+            self.factory.limiter.release(self._client)
+            self._admitted = False
+        if self._content is not None and not self._waiting:
+            self._content.release()
+        self._content = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._buffer += data
+        if self._receiving and not self._waiting:
+            self._arm_timer(self.factory.timeouts.data)
+        self._process()
+
+    @property
+    def _receiving(self) -> bool:
+        return self._content is not None and self._content.receiving
+
+    # -- the input loop -----------------------------------------------------------------
+
+    def _process(self) -> None:
+        while self._buffer and not self._waiting and not self._closing:
+            content = self._content
+            if content is None or not content.receiving:
+                if not self._next_command():
+                    break
+            elif content.decoder is not None:
+                self._feed_data(content, content.decoder)
+            else:
+                self._feed_chunk(content)
+        self._apply_backpressure()
+
+    def _next_command(self) -> bool:
+        """Handle one complete command line; False when none is complete yet."""
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            if len(self._buffer) >= MAX_COMMAND_LINE:
+                # Overlong: refuse it now, then drop its bytes until its line ends.
+                del self._buffer[:]
+                if not self._discarding_line:
+                    self._discarding_line = True
+                    self._perform(self._session.line_too_long())
+            return False
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        if self._discarding_line:
+            self._discarding_line = False
+            return True
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        self._arm_timer(self.factory.timeouts.command)
+        self._perform(self._session.handle_line(line))
+        if (
+            self._content is not None
+            and not self._content.receiving
+            and (self._session.transaction is None)
+        ):
+            # RSET or EHLO between BDAT chunks ended the transaction.
+            self._content.release()
+            self._content = None
+        return True
+
+    def _feed_data(self, content: _Content, decoder: DotDecoder) -> None:
+        data = bytes(self._buffer)
+        del self._buffer[:]
+        rest = decoder.feed(data)
+        if rest is not None:
+            self._buffer[:0] = rest
+            self._content_finished(content)
+        else:
+            self._cut_off_runaway(content)
+
+    def _feed_chunk(self, content: _Content) -> None:
+        take = min(content.chunk_remaining, len(self._buffer))
+        if take:
+            content.inspector.feed(bytes(self._buffer[:take]))
+            del self._buffer[:take]
+            content.chunk_remaining -= take
+        if content.chunk_remaining == 0:
+            self._content_finished(content)
+        else:
+            self._cut_off_runaway(content)
+
+    def _cut_off_runaway(self, content: _Content) -> None:
+        """Past twice the size limit, stop reading an endless message and hang up."""
+        if content.discard_reply is None and content.inspector.size > 2 * max(
+            self.factory.policy.max_message_size, 1024 * 1024
+        ):
+            self._reject_content(content, replies.MESSAGE_TOO_BIG)
+            self._close_with(replies.MESSAGE_TOO_BIG)
+
+    def _content_finished(self, content: _Content) -> None:
+        content.receiving = False
+        content.decoder = None
+        if content.discard_reply is not None:
+            self._content = None
+            self._arm_timer(self.factory.timeouts.command)
+            self._perform(self._session.chunk_discarded(content.discard_reply))
+            return
+        summary = content.inspector.summary()
+        outcome = self._session.content_received(summary, content.last)
+        refused = refusal(outcome)
+        if refused is not None:
+            self._reject_content(content, refused)
+        elif isinstance(outcome, Deliver):
+            transaction = outcome.transaction
+            events.message_received(
+                id=transaction.id,
+                client=self._client,
+                helo=self._session.helo,
+                sender=str(transaction.sender or ""),
+                recipients=[str(r) for r in transaction.recipients],
+                size=summary.size,
+            )
+        self._arm_timer(self.factory.timeouts.command)
+        self._perform(outcome)
+
+    def _reject_content(self, content: _Content, reply: Reply) -> None:
+        transaction = self._session.transaction
+        events.message_rejected(
+            id=transaction.id if transaction else None,
+            client=self._client,
+            sender=str(transaction.sender or "") if transaction else None,
+            recipient=None,
+            code=reply.code,
+            enhanced=reply.enhanced,
+            reason=reply.text,
+        )
+        content.release()
+        self._content = None
+
+    # -- carrying out outcomes ------------------------------------------------------------
+
+    def _perform(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Reply):
+            self._send(outcome)
+        elif isinstance(outcome, Close):
+            self._close_with(outcome.reply)
+        elif isinstance(outcome, CheckRecipient):
+            self._check_recipient(outcome)
+        elif isinstance(outcome, ReceiveContent):
+            self._receive_content(outcome)
+        elif isinstance(outcome, Deliver):
+            self._deliver(outcome)
+
+    def _check_recipient(self, action: CheckRecipient) -> None:
+        def checked(lookup: RecipientLookup) -> Outcome:
+            outcome = self._session.recipient_checked(lookup)
+            refused = refusal(outcome)
+            if refused is not None:
+                transaction = self._session.transaction
+                events.message_rejected(
+                    id=transaction.id if transaction else None,
+                    client=self._client,
+                    sender=str(transaction.sender or "") if transaction else None,
+                    recipient=str(action.recipient),
+                    code=refused.code,
+                    enhanced=refused.enhanced,
+                    reason=refused.text,
+                )
+            return outcome
+
+        def failed(failure: Failure) -> Outcome:
+            log.failure(
+                "recipient look-up failed for {recipient}", failure, recipient=str(action.recipient)
+            )
+            return self._session.recipient_unavailable()
+
+        self._wait_for(
+            self.factory.users.resolve_recipient(action.recipient).addCallbacks(checked, failed)
+        )
+
+    def _receive_content(self, action: ReceiveContent) -> None:
+        if action.reply is not None:
+            self._send(action.reply)
+        content = self._content
+        if action.discard is not None:
+            content = _Content(None, 0)
+            content.discard_reply = action.discard
+        elif content is None:
+            spool = Spool(self.factory.spool_directory)
+            spool.write(action.trace_headers)
+            content = _Content(spool, action.max_size)
+        if action.chunk_size is None:
+            content.decoder = DotDecoder(content.inspector)
+        else:
+            content.chunk_remaining = action.chunk_size
+            content.last = action.last
+        content.receiving = True
+        self._content = content
+        self._arm_timer(self.factory.timeouts.data)
+
+    def _deliver(self, action: Deliver) -> None:
+        content = self._content
+        assert content is not None and content.spool is not None
+        self._content = None
+        transaction = action.transaction
+        size = content.inspector.size
+
+        def delivered(name: str) -> Reply:
+            events.message_delivered(
+                id=transaction.id, mailboxes=transaction.mailboxes, size=size, name=name
+            )
+            return self._session.delivery_finished(None)
+
+        def failed(failure: Failure) -> Reply:
+            if failure.check(StorageFull):
+                reply = replies.INSUFFICIENT_STORAGE
+            else:
+                reply = replies.LOCAL_ERROR
+                log.failure("delivery of {id} failed", failure, id=transaction.id)
+            events.delivery_failed(
+                id=transaction.id,
+                mailboxes=transaction.mailboxes,
+                code=reply.code,
+                reason=failure.getErrorMessage(),
+            )
+            return self._session.delivery_finished(reply)
+
+        self._wait_for(
+            self.factory.store.deliver(content.spool, transaction.mailboxes).addCallbacks(
+                delivered, failed
+            )
+        )
+
+    def _wait_for(self, work: Deferred[Outcome] | Deferred[Reply]) -> None:
+        """Hold the input loop until ``work`` gives the next outcome, then carry it out."""
+        self._waiting = True
+        self._cancel_timer()
+
+        def resume(outcome: Outcome) -> None:
+            self._waiting = False
+            if self._closing:
+                return
+            self._arm_timer(
+                self.factory.timeouts.data if self._content else self.factory.timeouts.command
+            )
+            self._perform(outcome)
+            self._process()
+
+        def bug(failure: Failure) -> None:
+            log.failure("unexpected error in SMTP session", failure)
+            self._waiting = False
+            if not self._closing:
+                self._close_with(replies.LOCAL_ERROR)
+
+        work.addCallback(resume).addErrback(bug)
+
+    # -- output, timers, flow control ------------------------------------------------------
+
+    @property
+    def _session(self) -> SMTPSession:
+        assert self.session is not None
+        return self.session
+
+    def _send(self, reply: Reply) -> None:
+        self.transport.write(reply.to_bytes())  # type: ignore[union-attr]
+
+    def _close_with(self, reply: Reply) -> None:
+        self._send(reply)
+        self._closing = True
+        self._cancel_timer()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _apply_backpressure(self) -> None:
+        should_pause = self._waiting and len(self._buffer) > PAUSE_BACKLOG
+        if should_pause and not self._paused:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self._paused = True
+        elif not should_pause and self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _arm_timer(self, seconds: float) -> None:
+        self._cancel_timer()
+        self._timer = self.factory.reactor.callLater(seconds, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        content = self._content
+        if content is not None:
+            self._reject_content(content, replies.TIMEOUT)
+        self._close_with(replies.TIMEOUT)
+
+
+def _disable_nagle(transport: object) -> None:
+    """Replies must leave at once, not wait for the client's delayed ACK."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        with contextlib.suppress(OSError):
+            set_no_delay(True)
