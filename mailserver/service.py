@@ -1,0 +1,110 @@
+"""The composition root: builds every running part of the server from the configuration.
+
+This is the only module that names the concrete storage and protocol classes; the twistd
+plugin calls :func:`make_service` and nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from mailserver import durable
+from mailserver.config import Config
+from mailserver.limits import ConnectionLimiter
+from mailserver.maildir import MaildirStore
+from mailserver.smtp.server import SMTPServerFactory, Timeouts
+from mailserver.smtp.session import SessionPolicy
+from mailserver.spool import clean_stale
+from mailserver.userdb import SQLiteUserDatabase
+
+log = Logger()
+
+
+def spool_directory(data_dir: Path) -> Path:
+    return data_dir / "spool"
+
+
+def user_database_path(data_dir: Path) -> Path:
+    return data_dir / "users.sqlite3"
+
+
+class DataDirectoryService(Service):
+    """Creates the data directory layout at start-up, after twistd has dropped privileges."""
+
+    def __init__(self, data_dir: Path, reactor: Any) -> None:
+        self._data_dir = data_dir
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        for path in (self._data_dir / "mail", spool_directory(self._data_dir)):
+            durable.ensure_directory(path)
+        removed = clean_stale(spool_directory(self._data_dir), self._reactor.seconds())
+        if removed:
+            log.info("removed {count} stale spool files", count=removed)
+        super().startService()
+
+
+class ThreadPoolService(Service):
+    """Runs the worker threads for blocking work (fsync, SQLite, password hashing)."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        self.pool.start()
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+def _listen(parent: MultiService, reactor: Any, descriptions: tuple[str, ...], factory: Factory) -> None:
+    for description in descriptions:
+        service = StreamServerEndpointService(serverFromString(reactor, description), factory)
+        # Bind in privilegedStartService (before twistd drops root), and fail loudly.
+        service._raiseSynchronously = True
+        service.setServiceParent(parent)
+
+
+def make_service(config: Config, reactor: Any) -> MultiService:
+    """Every service of the mail server, ready for ``twistd`` to start."""
+    data_dir = config.server.data_dir
+    top = MultiService()
+    DataDirectoryService(data_dir, reactor).setServiceParent(top)
+    pool = ThreadPool(minthreads=0, maxthreads=config.server.worker_threads, name="mailserver")
+    ThreadPoolService(pool).setServiceParent(top)
+
+    users = SQLiteUserDatabase(
+        user_database_path(data_dir),
+        reactor,
+        pool,
+        recipient_delimiter=config.accounts.recipient_delimiter,
+    )
+    store = MaildirStore(data_dir, config.server.hostname, reactor, pool)
+    smtp = config.smtp
+    smtp_factory = SMTPServerFactory(
+        policy=SessionPolicy(
+            hostname=config.server.hostname,
+            max_message_size=smtp.max_message_size,
+            max_recipients=smtp.max_recipients,
+            max_received_headers=smtp.max_received_headers,
+            max_errors=smtp.max_errors,
+        ),
+        timeouts=Timeouts(command=smtp.command_timeout, data=smtp.data_timeout),
+        users=users,
+        store=store,
+        spool_directory=spool_directory(data_dir),
+        limiter=ConnectionLimiter(smtp.max_connections, smtp.max_connections_per_client),
+        reactor=reactor,
+    )
+    _listen(top, reactor, smtp.listen, smtp_factory)
+    return top

@@ -1,0 +1,140 @@
+"""Start the real ``twistd mailserver`` process on loopback ports, for scenario tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+MAILSERVER = [sys.executable, "-m", "mailserver.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open within {timeout} s")
+
+
+@dataclass
+class RunningServer:
+    """A server directory (config, data, log) and, while started, its process."""
+
+    directory: Path
+    smtp_port: int
+    settings: dict[str, dict[str, object]] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "mailserver.toml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "var"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "twistd.log"
+
+    def write_config(self) -> None:
+        sections: dict[str, dict[str, object]] = {
+            "server": {"hostname": "mx.example.org", "data_dir": str(self.data_dir)},
+            "smtp": {"listen": [f"tcp:{self.smtp_port}:interface=127.0.0.1"]},
+            "pop3": {"listen": []},
+        }
+        for name, values in self.settings.items():
+            sections.setdefault(name, {}).update(values)
+        lines = []
+        for name, values in sections.items():
+            lines.append(f"[{name}]")
+            for key, value in values.items():
+                lines.append(f"{key} = {_toml(value)}")
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def admin(self, *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``mailserver --config ... ARGS`` and fail loudly if it fails."""
+        command = [*MAILSERVER, "--config", str(self.config), *args]
+        if password is not None:
+            command.append("--password-stdin")
+        result = subprocess.run(
+            command, input=password, capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *TWISTD,
+                "-n",
+                "--pidfile=",
+                "--logfile",
+                str(self.log),
+                "mailserver",
+                "--config",
+                str(self.config),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_for_port(self.smtp_port, self.process)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the crash no code of ours gets to react to."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def maildir(self, address: str) -> Path:
+        local, _, domain = address.partition("@")
+        return self.data_dir / "mail" / domain / local
+
+    def new_messages(self, address: str) -> list[Path]:
+        new = self.maildir(address) / "new"
+        return sorted(new.iterdir()) if new.is_dir() else []
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
