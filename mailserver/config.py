@@ -1,0 +1,544 @@
+"""Loading the server configuration from one TOML file.
+
+Every setting is a field of a frozen dataclass below; its default and its validator sit together
+in that field, so the defaults live in exactly one place and ``conf/mailserver.toml`` documents
+them. Loading collects every problem in the file before giving up, so a broken configuration is
+fixed in one round trip instead of one error at a time. Each problem is one line of the form
+``FILE: KEY: reason``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeGuard, TypeVar
+
+from twisted.internet.endpoints import serverFromString
+
+__all__ = [
+    "EMBEDDED_DEFAULT",
+    "AccountsConfig",
+    "Config",
+    "ConfigError",
+    "POP3Config",
+    "SMTPConfig",
+    "ServerConfig",
+    "load_config",
+    "parse_config",
+]
+
+EMBEDDED_DEFAULT = "<embedded default>"
+
+# What ``load_config(None)`` loads: a server that only listens on loopback, safe to start anywhere.
+_EMBEDDED_TEXT = """\
+[server]
+hostname = "localhost"
+"""
+
+_T = TypeVar("_T")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` holds one ``FILE: KEY: reason`` line each."""
+
+    problems: tuple[str, ...]
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class _Invalid(Exception):
+    """Raised by a validator: the value of one key is unusable, for one or more reasons."""
+
+    def __init__(self, *reasons: str) -> None:
+        super().__init__(*reasons)
+        self.reasons = reasons
+
+
+# --- Validators: each takes the raw TOML value and returns the typed value, or raises _Invalid.
+
+Validator = Callable[[object], Any]
+
+
+def _quote(text: str) -> str:
+    """A string in double quotes with escapes, as TOML writes it."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _show(value: object) -> str:
+    """Render a TOML value the way it would be written in the file, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = _quote(value)
+        return text if len(text) <= 60 else text[:56] + '..."'
+    if isinstance(value, list):
+        text = "[" + ", ".join(_show(item) for item in value) + "]"
+        return text if len(text) <= 60 else text[:56] + "...]"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return str(value)
+
+
+def _expected(what: str, value: object) -> _Invalid:
+    return _Invalid(f"expected {what}, got {_show(value)}")
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """A ``(did you mean "x"?)`` suffix when ``word`` looks like a typo of a candidate."""
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f' (did you mean "{matches[0]}"?)' if matches else ""
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    # TOML booleans are Python bools, which are ints: ``true`` must not pass as 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_between(low: int, high: int) -> Validator:
+    def check(value: object) -> int:
+        if not _is_int(value) or not low <= value <= high:
+            raise _expected(f"an integer from {low} to {high}", value)
+        return value
+
+    return check
+
+
+def _positive_int(value: object) -> int:
+    if not _is_int(value) or value <= 0:
+        raise _expected("a positive integer", value)
+    return value
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.ASCII)
+
+
+def _duration(value: object) -> float:
+    """Seconds as a number, or a string with a unit ("90s", "5m", "2h", "1d"); always > 0."""
+    if _is_int(value) or (isinstance(value, float) and math.isfinite(value)):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION_RE.fullmatch(value)):
+        seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+    else:
+        raise _expected('a duration: seconds, or a string like "90s", "5m", "2h", "1d"', value)
+    if seconds <= 0:
+        raise _expected("a duration greater than zero", value)
+    return seconds
+
+
+# K/M/G and KiB/MiB/GiB are binary (what people mean for message sizes); KB/MB/GB are decimal.
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 2**10,
+    "kib": 2**10,
+    "kb": 10**3,
+    "m": 2**20,
+    "mib": 2**20,
+    "mb": 10**6,
+    "g": 2**30,
+    "gib": 2**30,
+    "gb": 10**9,
+}
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", re.ASCII)
+
+
+def _size(value: object) -> int:
+    """Bytes as an integer, or a string with a unit ("50 MiB", "512KiB", "10M"); always > 0."""
+    if _is_int(value):
+        size = value
+    elif (
+        isinstance(value, str)
+        and (match := _SIZE_RE.fullmatch(value))
+        and match[2].lower() in _SIZE_UNITS
+    ):
+        size = int(Decimal(match[1]) * _SIZE_UNITS[match[2].lower()])
+    else:
+        raise _expected('a size: bytes, or a string like "50 MiB", "512KiB", "10M"', value)
+    if size <= 0:
+        raise _expected("a size greater than zero", value)
+    return size
+
+
+def _one_of(*choices: str) -> Validator:
+    def check(value: object) -> str:
+        if value not in choices:
+            listed = ", ".join(f'"{choice}"' for choice in choices)
+            hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+            raise _Invalid(f"expected one of {listed}, got {_show(value)}{hint}")
+        return str(value)
+
+    return check
+
+
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+
+
+def _hostname(value: object) -> str:
+    """A domain name in ASCII (A-labels for IDNs); stored lowercased, as DNS compares names."""
+    what = "a domain name (letters, digits, hyphens and dots, no trailing dot)"
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= 253
+        or not all(_LABEL_RE.fullmatch(label) for label in value.split("."))
+    ):
+        raise _expected(what, value)
+    return value.lower()
+
+
+def _path(value: object) -> Path:
+    # Relative paths are resolved against the file's directory later, in _resolve_paths.
+    if not isinstance(value, str) or not value:
+        raise _expected("a path", value)
+    return Path(value)
+
+
+def _recipient_delimiter(value: object) -> str:
+    if not isinstance(value, str) or not (value == "" or (len(value) == 1 and value in "+-_=.")):
+        raise _expected('"" (no subaddressing) or one character of "+-_=."', value)
+    return value
+
+
+# --- Listeners: Twisted server endpoint strings, checked by parsing them as Twisted will.
+
+_ENDPOINT_KINDS = ("tcp", "tcp6", "unix", "ssl")
+# The options serverFromString accepts for each kind, for "did you mean" on a typo.
+_ENDPOINT_OPTIONS = {
+    "tcp": ("port", "interface", "backlog"),
+    "tcp6": ("port", "interface", "backlog"),
+    "unix": ("address", "mode", "backlog", "lockfile"),
+    "ssl": (
+        "port",
+        "privateKey",
+        "certKey",
+        "sslmethod",
+        "interface",
+        "backlog",
+        "extraCertChain",
+        "dhParameters",
+    ),
+}
+# Files an ssl: endpoint reads while being parsed, with Twisted's default where there is one.
+# certKey defaults to the privateKey file, so only privateKey's default needs checking.
+_SSL_FILES: dict[str, str | None] = {
+    "privateKey": "server.pem",
+    "certKey": None,
+    "extraCertChain": None,
+    "dhParameters": None,
+}
+
+
+def _endpoint_option(description: str, name: str) -> str | None:
+    """The value of ``name=...`` in an endpoint string, honouring backslash escapes."""
+    match = re.search(rf"(?:^|:){name}=((?:\\.|[^:\\])*)", description)
+    return re.sub(r"\\(.)", r"\1", match[1]) if match else None
+
+
+def _missing_ssl_files(description: str) -> list[str]:
+    """Reasons for key/certificate files that do not exist (relative to the working directory,
+    as Twisted opens them)."""
+    reasons = []
+    for option, default in _SSL_FILES.items():
+        path = _endpoint_option(description, option)
+        if path is not None and not os.path.exists(path):
+            reasons.append(f'{option} file "{path}" does not exist')
+        elif path is None and default is not None and not os.path.exists(default):
+            reasons.append(f'{option} is not given and its default file "{default}" does not exist')
+    return reasons
+
+
+def _explain_parse_error(error: Exception, kind: str) -> str:
+    """Turn what Twisted's endpoint parser raised into words about the endpoint string."""
+    message = str(error)
+    if match := re.search(r"unexpected keyword argument '(\w+)'", message):
+        option = match[1]
+        hint = _did_you_mean(option, _ENDPOINT_OPTIONS[kind])
+        return f'unknown option "{option}" for {kind} endpoints{hint}'
+    if match := re.search(r"missing \d+ required positional argument: '(\w+)'", message):
+        return f"missing {match[1]}"
+    if match := re.search(r"invalid literal for int\(\) with base (\d+): '(.*)'", message):
+        number = "an octal number" if match[1] == "8" else "a number"
+        return f'expected {number}, got "{match[2]}"'
+    if "positional arguments but" in message:
+        return "too many fields; write options as name=value"
+    return f"cannot parse it: {message}"
+
+
+def _endpoint_problem(description: str) -> str | None:
+    """Why ``description`` is not a usable listener, or None if it is."""
+    kind = description.split(":", 1)[0]
+    if kind not in _ENDPOINT_KINDS:
+        return f'unknown endpoint type "{kind}"; expected tcp, tcp6, unix or ssl'
+    if kind == "ssl" and (missing := _missing_ssl_files(description)):
+        return "; ".join(missing)
+    try:
+        # The reactor is only stored by the endpoint, never used: parsing binds nothing.
+        endpoint = serverFromString(object(), description)
+    except Exception as error:
+        return _explain_parse_error(error, kind)
+    # Twisted defers these checks to bind time; the attributes are private but long-standing.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        return f"port {port} is out of range 0-65535"
+    interface = getattr(endpoint, "_interface", "")
+    if interface:
+        try:
+            address = ipaddress.ip_address(interface)
+        except ValueError:
+            return f'interface "{interface}" is not an IP address'
+        if kind == "tcp6" and address.version != 6:
+            return f'interface "{interface}" is not an IPv6 address'
+    if kind == "unix" and not getattr(endpoint, "_address", "x"):
+        return 'missing the socket path, as in "unix:/run/mailserver/smtp.sock"'
+    return None
+
+
+def _listen(value: object) -> tuple[str, ...]:
+    """One endpoint string or a list of them; an empty list turns the service off."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise _expected('an endpoint string like "tcp:25" or a list of them', value)
+    reasons = []
+    seen: set[str] = set()
+    for item in items:
+        if not isinstance(item, str):
+            reasons.append(f'expected endpoint strings like "tcp:25", got {_show(item)}')
+        elif item in seen:
+            reasons.append(f"{_quote(item)}: listed more than once")
+        else:
+            seen.add(item)
+            if problem := _endpoint_problem(item):
+                reasons.append(f"{_quote(item)}: {problem}")
+    if reasons:
+        raise _Invalid(*reasons)
+    return tuple(items)
+
+
+# --- The configuration: each field carries its default and its validator.
+
+
+def _setting(default: Any, check: Validator) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+def _default_hostname() -> str:
+    return socket.getfqdn().lower()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings shared by every service."""
+
+    hostname: str = field(default_factory=_default_hostname, metadata={"check": _hostname})
+    data_dir: Path = _setting(Path("var"), _path)  # noqa: RUF009 (a Path is immutable)
+    worker_threads: int = _setting(32, _int_between(1, 512))
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    """The SMTP listener that receives mail."""
+
+    listen: tuple[str, ...] = _setting(("tcp:2525:interface=127.0.0.1",), _listen)
+    max_message_size: int = _setting(50 * 2**20, _size)
+    # RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients per message.
+    max_recipients: int = _setting(100, _positive_int)
+    # RFC 5321 §6.3: a simple loop check counts Received: headers.
+    max_received_headers: int = _setting(50, _positive_int)
+    # RFC 5321 §4.5.3.2.7: the server timeout should be at least 5 minutes.
+    command_timeout: float = _setting(300.0, _duration)
+    data_timeout: float = _setting(300.0, _duration)
+    max_connections: int = _setting(1000, _positive_int)
+    max_connections_per_client: int = _setting(20, _positive_int)
+    max_errors: int = _setting(10, _positive_int)
+
+
+@dataclass(frozen=True)
+class POP3Config:
+    """The POP3 listener that lets users collect their mail."""
+
+    listen: tuple[str, ...] = _setting(("tcp:1110:interface=127.0.0.1",), _listen)
+    # RFC 1939 §3: the autologout timer must be at least 10 minutes (shorter is allowed for tests).
+    idle_timeout: float = _setting(600.0, _duration)
+    max_connections_per_client: int = _setting(10, _positive_int)
+    plaintext_auth: str = _setting("loopback", _one_of("never", "loopback", "always"))
+
+
+@dataclass(frozen=True)
+class AccountsConfig:
+    """How addresses map to accounts."""
+
+    recipient_delimiter: str = _setting("+", _recipient_delimiter)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, as loaded from ``source``."""
+
+    source: str
+    server: ServerConfig
+    smtp: SMTPConfig
+    pop3: POP3Config
+    accounts: AccountsConfig
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "smtp": SMTPConfig,
+    "pop3": POP3Config,
+    "accounts": AccountsConfig,
+}
+
+
+class _Problems:
+    """Collects ``FILE: KEY: reason`` lines for one file, to report in the file's order."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._found: list[tuple[str, str]] = []
+
+    def add(self, key: str, reason: str) -> None:
+        self._found.append((key.split(".", 1)[0], f"{self.source}: {key}: {reason}"))
+
+    def in_order_of(self, document: Mapping[str, object]) -> list[str]:
+        """The lines grouped by top-level name as the document orders them (absent ones last)."""
+        position = {name: index for index, name in enumerate(document)}
+        found = sorted(self._found, key=lambda item: position.get(item[0], len(position)))
+        return [line for _, line in found]
+
+
+def _keys_of(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(_SECTIONS[section])]
+
+
+def _unknown_key(section: str, key: str) -> str:
+    """The reason for an unknown key, pointing at the likely intended one."""
+    hint = _did_you_mean(key, _keys_of(section))
+    if not hint:
+        elsewhere = [name for name in _SECTIONS if key in _keys_of(name)]
+        if elsewhere:
+            hint = f' (did you mean "{elsewhere[0]}.{key}"? it belongs in [{elsewhere[0]}])'
+    return "unknown key" + hint
+
+
+def _build(cls: type[_T], section: str, table: Mapping[str, object], problems: _Problems) -> _T:
+    """Validate one section; keys that are absent or invalid take their default."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, object] = {}
+    for key, raw in table.items():
+        if key not in fields:
+            problems.add(f"{section}.{key}", _unknown_key(section, key))
+            continue
+        try:
+            values[key] = fields[key].metadata["check"](raw)
+        except _Invalid as invalid:
+            for reason in invalid.reasons:
+                problems.add(f"{section}.{key}", reason)
+    return cls(**values)
+
+
+def _resolve_paths(server: ServerConfig, base_dir: Path) -> ServerConfig:
+    """Make data_dir absolute, relative to the configuration file's directory."""
+    data_dir = Path(os.path.abspath(base_dir / server.data_dir))
+    return dataclasses.replace(server, data_dir=data_dir)
+
+
+def _cross_checks(config: Config, table: Mapping[str, object], problems: _Problems) -> None:
+    """Rules that involve more than one key."""
+    if "hostname" not in _section(table, "server"):
+        try:
+            _hostname(config.server.hostname)
+        except _Invalid:
+            problems.add(
+                "server.hostname",
+                f"this machine's name {_show(config.server.hostname)} is not a usable domain "
+                "name; set server.hostname",
+            )
+    if config.smtp.max_connections_per_client > config.smtp.max_connections:
+        problems.add(
+            "smtp.max_connections_per_client",
+            f"{config.smtp.max_connections_per_client} is more than smtp.max_connections "
+            f"({config.smtp.max_connections})",
+        )
+
+
+def _section(table: Mapping[str, object], name: str) -> Mapping[str, object]:
+    value = table.get(name, {})
+    return value if isinstance(value, dict) else {}
+
+
+def _syntax_error(source: str, error: tomllib.TOMLDecodeError) -> str:
+    """Put tomllib's ``(at line L, column C)`` where the key would go in our format."""
+    message = str(error)
+    if match := re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", message, re.DOTALL):
+        where = f"line {match[2]}, column {match[3]}"
+        message = match[1]
+    elif match := re.fullmatch(r"(.*) \(at end of document\)", message, re.DOTALL):
+        where = "end of file"
+        message = match[1]
+    else:
+        where = "file"
+    return f"{source}: {where}: invalid TOML: {message}"
+
+
+def parse_config(text: str, source: str, base_dir: Path) -> Config:
+    """Parse TOML ``text``; ``source`` names it in errors, ``base_dir`` anchors relative paths."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([_syntax_error(source, error)]) from None
+    problems = _Problems(source)
+    for name, value in document.items():
+        if name in _SECTIONS and not isinstance(value, dict):
+            problems.add(name, f"expected a table ([{name}]), got {_show(value)}")
+        elif name not in _SECTIONS and isinstance(value, dict):
+            problems.add(name, "unknown section" + _did_you_mean(name, _SECTIONS))
+        elif name not in _SECTIONS:
+            elsewhere = [section for section in _SECTIONS if name in _keys_of(section)]
+            hint = f' (did you mean "{elsewhere[0]}.{name}"?)' if elsewhere else ""
+            problems.add(name, "unknown key outside any section" + hint)
+    server = _build(ServerConfig, "server", _section(document, "server"), problems)
+    config = Config(
+        source=source,
+        server=_resolve_paths(server, base_dir),
+        smtp=_build(SMTPConfig, "smtp", _section(document, "smtp"), problems),
+        pop3=_build(POP3Config, "pop3", _section(document, "pop3"), problems),
+        accounts=_build(AccountsConfig, "accounts", _section(document, "accounts"), problems),
+    )
+    _cross_checks(config, document, problems)
+    if lines := problems.in_order_of(document):
+        raise ConfigError(lines)
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Load the file at ``path``, or the embedded default (loopback only) when it is None."""
+    if path is None:
+        return parse_config(_EMBEDDED_TEXT, EMBEDDED_DEFAULT, Path.cwd())
+    source = os.fspath(path)
+    try:
+        data = Path(source).read_bytes()
+    except OSError as error:
+        raise ConfigError([f"{source}: cannot read the file: {error.strerror}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            [f"{source}: byte {error.start}: not UTF-8 text (TOML files must be UTF-8)"]
+        ) from None
+    return parse_config(text, source, Path(os.path.abspath(source)).parent)
