@@ -1,0 +1,128 @@
+"""In-memory twins of the contracts in :mod:`mailserver.interfaces`, for tests.
+
+Each twin passes ``verifyObject`` for its interface and answers with already-fired Deferreds,
+so protocol tests need no reactor, thread or file. The twins follow the same rules as the real
+backends by sharing their code (the user database twin uses :func:`mailserver.userdb.resolve`).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from mailserver.address import Mailbox, normalize, normalize_domain
+from mailserver.interfaces import IUserDatabase, RecipientLookup
+from mailserver.userdb import parse_login, resolve
+
+__all__ = ["MemoryUserDatabase"]
+
+
+def _alias_key(source: str) -> str:
+    source = source.strip()
+    if source.startswith("@"):
+        return f"@{normalize_domain(source[1:])}"
+    return normalize(source)
+
+
+@implementer(IUserDatabase)
+class MemoryUserDatabase:
+    """Domains, users with plaintext passwords, and aliases, in dictionaries.
+
+    Setting it up normalises addresses but checks nothing else (unlike the SQLite backend's
+    administration methods), so a test can build any state, broken ones included::
+
+        users = MemoryUserDatabase(
+            domains=["example.org"],
+            users={"bob@example.org": "secret"},
+            aliases={"postmaster@example.org": ["bob@example.org"]},
+        )
+    """
+
+    def __init__(
+        self,
+        *,
+        domains: Iterable[str] = (),
+        users: Mapping[str, str] | None = None,
+        aliases: Mapping[str, Sequence[str]] | None = None,
+        recipient_delimiter: str = "+",
+    ) -> None:
+        self.recipient_delimiter = recipient_delimiter
+        self.domains: set[str] = set()
+        self.passwords: dict[str, str] = {}  # normalised address -> plaintext password
+        self.aliases: dict[str, list[str]] = {}  # normalised source -> normalised targets
+        for domain in domains:
+            self.add_domain(domain)
+        for address, password in (users or {}).items():
+            self.add_user(address, password)
+        for source, targets in (aliases or {}).items():
+            self.add_alias(source, targets)
+
+    # Setting up (same names as the SQLite backend's administration methods).
+
+    def add_domain(self, domain: str) -> str:
+        name = normalize_domain(domain.strip())
+        self.domains.add(name)
+        return name
+
+    def add_user(self, address: str, password: str) -> str:
+        normalized = normalize(address)
+        self.passwords[normalized] = password
+        return normalized
+
+    set_password = add_user
+
+    def remove_user(self, address: str) -> str:
+        normalized = normalize(address)
+        del self.passwords[normalized]
+        return normalized
+
+    def add_alias(self, source: str, targets: Sequence[str]) -> tuple[str, list[str]]:
+        key = _alias_key(source)
+        added = [normalize(target) for target in targets]
+        existing = self.aliases.setdefault(key, [])
+        existing.extend(target for target in added if target not in existing)
+        return key, added
+
+    def remove_alias(self, source: str, target: str | None = None) -> tuple[str, list[str]]:
+        key = _alias_key(source)
+        if target is None:
+            return key, sorted(self.aliases.pop(key, []))
+        normalized = normalize(target)
+        self.aliases[key].remove(normalized)
+        if not self.aliases[key]:
+            del self.aliases[key]
+        return key, [normalized]
+
+    # AccountLookups, for mailserver.userdb.resolve.
+
+    def is_our_domain(self, domain: str) -> bool:
+        return domain in self.domains
+
+    def is_user(self, address: str) -> bool:
+        return address in self.passwords
+
+    def alias_targets(self, source: str) -> list[str]:
+        return sorted(self.aliases.get(source, ()))
+
+    # IUserDatabase.
+
+    def resolve_recipient(self, address: Mailbox) -> Deferred[RecipientLookup]:
+        return defer.succeed(resolve(address, self, self.recipient_delimiter))
+
+    def authenticate(self, login: str, password: str) -> Deferred[str | None]:
+        key = parse_login(login)
+        if key is None:
+            candidates = []
+        elif "@" in key:
+            candidates = [key] if key in self.passwords else []
+        else:
+            candidates = [a for a in self.passwords if a.rpartition("@")[0] == key]
+        if len(candidates) == 1 and hmac.compare_digest(
+            self.passwords[candidates[0]].encode("utf-8"), password.encode("utf-8")
+        ):
+            return defer.succeed(candidates[0])
+        return defer.succeed(None)
