@@ -17,7 +17,8 @@ from typing import Any
 from mailserver.address import AddressError, normalize
 from mailserver.cli import CommandError
 from mailserver.cli_config import load_config_for
-from mailserver.userdb import AccountError, SQLiteAccounts, database_path, maildir_path
+from mailserver.maildir import maildir_path
+from mailserver.userdb import AccountError, SQLiteAccounts, database_path
 
 __all__ = ["register"]
 

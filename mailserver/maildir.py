@@ -34,7 +34,13 @@ MAILDIR_SUBDIRECTORIES = ("tmp", "new", "cur")
 
 
 def maildir_path(data_dir: Path, address: str) -> Path:
-    """Where the Maildir of a normalised address ``local@domain`` lives."""
+    """Where the Maildir of the normalised address ``local@domain`` lives.
+
+    Both parts are used as they appear in the normalised address (the domain in A-label
+    form), so other tools find it (Dovecot's ``%d/%n``). A local part that cannot name a
+    directory (containing ``/``, or ``.`` or ``..``) raises ValueError; the admin command
+    refuses to create such users.
+    """
     local_part, _, domain = address.rpartition("@")
     if not local_part or not domain or "/" in address or local_part in {".", ".."}:
         raise ValueError(f"not a normalised mailbox address: {address!r}")

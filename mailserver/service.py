@@ -23,17 +23,13 @@ from mailserver.maildir import MaildirStore
 from mailserver.smtp.server import SMTPServerFactory, Timeouts
 from mailserver.smtp.session import SessionPolicy
 from mailserver.spool import clean_stale
-from mailserver.userdb import SQLiteUserDatabase
+from mailserver.userdb import SQLiteUserDatabase, database_path
 
 log = Logger()
 
 
 def spool_directory(data_dir: Path) -> Path:
     return data_dir / "spool"
-
-
-def user_database_path(data_dir: Path) -> Path:
-    return data_dir / "users.sqlite3"
 
 
 class DataDirectoryService(Service):
@@ -67,7 +63,9 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
-def _listen(parent: MultiService, reactor: Any, descriptions: tuple[str, ...], factory: Factory) -> None:
+def _listen(
+    parent: MultiService, reactor: Any, descriptions: tuple[str, ...], factory: Factory
+) -> None:
     for description in descriptions:
         service = StreamServerEndpointService(serverFromString(reactor, description), factory)
         # Bind in privilegedStartService (before twistd drops root), and fail loudly.
@@ -84,7 +82,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     ThreadPoolService(pool).setServiceParent(top)
 
     users = SQLiteUserDatabase(
-        user_database_path(data_dir),
+        database_path(data_dir),
         reactor,
         pool,
         recipient_delimiter=config.accounts.recipient_delimiter,

@@ -62,6 +62,7 @@ from mailserver.address import (
     parse_domain,
 )
 from mailserver.interfaces import IUserDatabase, Lookup, RecipientLookup
+from mailserver.maildir import create_maildir, maildir_path
 from mailserver.passwords import Passwords
 
 __all__ = [
@@ -73,7 +74,6 @@ __all__ = [
     "SQLiteAccounts",
     "SQLiteUserDatabase",
     "database_path",
-    "maildir_path",
     "parse_login",
     "resolve",
 ]
@@ -82,7 +82,6 @@ DATABASE_NAME = "users.sqlite3"
 SCHEMA_VERSION = 1
 MAX_ALIAS_DEPTH = 20  # aliases followed in one chain before giving up (answered as a loop)
 BUSY_TIMEOUT = 10.0  # seconds to wait for another writer (the admin command, a rehash)
-MAILDIR_SUBDIRECTORIES = ("tmp", "new", "cur")
 
 _log = Logger()
 
@@ -194,25 +193,6 @@ def parse_login(login: str) -> str | None:
 def database_path(data_dir: Path) -> Path:
     """Where the user database of ``data_dir`` lives."""
     return data_dir / DATABASE_NAME
-
-
-def maildir_path(data_dir: Path, address: str) -> Path:
-    """Where the Maildir of the normalised address ``local@domain`` lives.
-
-    ``<data_dir>/mail/<domain>/<local part>``, both parts as in the normalised address (the
-    domain in A-label form), so other tools can find it (Dovecot's ``%d/%n``). Raises
-    ValueError for a local part that cannot name a directory (containing ``/``, or ``.`` or
-    ``..``); the admin command refuses to create such users.
-    """
-    local_part, _, domain = address.rpartition("@")
-    if not local_part or not domain or "/" in address or local_part in {".", ".."}:
-        raise ValueError(f"not a normalised mailbox address: {address!r}")
-    return data_dir / "mail" / domain / local_part
-
-
-def _create_maildir(path: Path) -> None:
-    for sub in MAILDIR_SUBDIRECTORIES:
-        durable.ensure_directory(path / sub, 0o700)
 
 
 # --- The SQLite backend ---------------------------------------------------------------------
@@ -471,7 +451,7 @@ class SQLiteAccounts:
                 (normalized, local_part, domain, password_hash),
             )
             # Inside the transaction: if the Maildir cannot be made, the user is not added.
-            _create_maildir(maildir)
+            create_maildir(maildir)
         return normalized
 
     def remove_user(self, address: str) -> str:

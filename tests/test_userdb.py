@@ -24,6 +24,7 @@ from zope.interface.verify import verifyObject
 
 from mailserver.address import Mailbox, parse_address
 from mailserver.interfaces import IUserDatabase, Lookup, RecipientLookup
+from mailserver.maildir import maildir_path
 from mailserver.memory import MemoryUserDatabase
 from mailserver.passwords import Passwords
 from mailserver.userdb import (
@@ -33,7 +34,6 @@ from mailserver.userdb import (
     SQLiteAccounts,
     SQLiteUserDatabase,
     database_path,
-    maildir_path,
     parse_login,
 )
 

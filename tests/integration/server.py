@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-MAILSERVER = [sys.executable, "-m", "mailserver.cli"]
+MAILSERVER = [sys.executable, "-m", "mailserver"]
 
 
 def free_port() -> int:
