@@ -101,7 +101,9 @@ def parse_address_literal(text: str) -> str:
     inner = text[1:-1]
     try:
         if inner[:5].lower() == "ipv6:":
-            ipaddress.IPv6Address(inner[5:])
+            # RFC 5321 §4.1.3 IPv6-addr has no zone: Python accepts "%zone" with any text in it.
+            if ipaddress.IPv6Address(inner[5:]).scope_id is not None:
+                raise ValueError("zone identifier")
         else:
             ipaddress.IPv4Address(inner)
     except ValueError as error:

@@ -228,7 +228,7 @@ class SMTPSession:
         """All of DATA, or one BDAT chunk, has arrived and been inspected."""
         transaction = self.transaction
         assert transaction is not None
-        refusal = self._content_refusal(summary)
+        refusal = self._content_refusal(summary, last)
         if refusal is not None:
             self._end_transaction()
             return self._error(refusal)
@@ -273,10 +273,12 @@ class SMTPSession:
         if self.state is not State.CLOSED:
             self.state = State.READY
 
-    def _content_refusal(self, summary: ContentSummary) -> Reply | None:
+    def _content_refusal(self, summary: ContentSummary, last: bool) -> Reply | None:
         if summary.too_big:
             return replies.MESSAGE_TOO_BIG
-        if summary.bare_line_ending:
+        # Judged at the end only: a BDAT chunk may end with the CR whose LF starts the next
+        # (RFC 3030 chunks are octet counts), which the summary counts as bare until then.
+        if summary.bare_line_ending and last:
             return replies.BARE_LINE_ENDING_IN_DATA
         # §6.3: loop detection by counting trace headers; ours will be one more.
         if summary.received_headers + 1 > self.policy.max_received_headers:
@@ -359,7 +361,7 @@ class SMTPSession:
         body_8bit = False
         for keyword, value in params.items():
             if keyword == "SIZE" and self.esmtp:
-                if value is None or not value.isdigit():
+                if value is None or not _is_number(value):
                     return self._error(replies.BAD_SIZE_PARAMETER)
                 if int(value) > self.policy.max_message_size:  # RFC 1870 §6.2
                     return self._error(replies.MESSAGE_TOO_BIG)
@@ -498,10 +500,16 @@ def _valid_helo(name: str) -> bool:
     return _HELO_DOMAIN.fullmatch(name) is not None
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts superscripts (which ``int`` refuses)
+    and other scripts' digits, neither of which RFC 1870 or RFC 3030 allows."""
+    return text.isascii() and text.isdigit()
+
+
 def _parse_bdat(argument: str) -> tuple[int, bool] | None:
     """``BDAT <size> [LAST]`` (RFC 3030 §2) as (size, last)."""
     words = argument.split()
-    if not 1 <= len(words) <= 2 or not words[0].isdigit():
+    if not 1 <= len(words) <= 2 or not _is_number(words[0]):
         return None
     if len(words) == 2 and words[1].upper() != "LAST":
         return None

@@ -1,0 +1,946 @@
+"""Tests for mailserver.smtp.session: the SMTP server state machine, with no transport."""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailserver.address import Mailbox
+from mailserver.interfaces import Lookup, RecipientLookup
+from mailserver.smtp import replies
+from mailserver.smtp.data import ContentInspector, ContentSummary
+from mailserver.smtp.session import (
+    ALLOWED,
+    MAX_COMMAND_LINE,
+    OUT_OF_SEQUENCE,
+    CheckRecipient,
+    ClientInfo,
+    Close,
+    Deliver,
+    Outcome,
+    ReceiveContent,
+    SessionPolicy,
+    SMTPSession,
+    State,
+)
+
+HOSTNAME = "mx.ours.example"
+MAX_SIZE = 10_000
+POLICY = SessionPolicy(
+    hostname=HOSTNAME,
+    max_message_size=MAX_SIZE,
+    max_recipients=3,
+    max_received_headers=5,
+    max_errors=20,
+)
+GOOD = ContentSummary(size=100, too_big=False, bare_line_ending=False, received_headers=0)
+DELIVER = RecipientLookup(Lookup.DELIVER, ("rcpt@ours.example",))
+
+
+def make_session(policy: SessionPolicy = POLICY) -> SMTPSession:
+    return SMTPSession(policy, ClientInfo("192.0.2.1", 1234), now=lambda: 0.0, new_id=lambda: "ID1")
+
+
+def line(session: SMTPSession, text: str) -> Outcome:
+    return session.handle_line(text.encode("utf-8"))
+
+
+def ready(policy: SessionPolicy = POLICY, hello: str = "EHLO client.example") -> SMTPSession:
+    session = make_session(policy)
+    assert line(session, hello) in (replies.EHLO_OK, replies.HELO_OK)
+    return session
+
+
+def in_mail(sender: str = "MAIL FROM:<sender@client.example>") -> SMTPSession:
+    session = ready()
+    assert line(session, sender) == replies.SENDER_OK
+    return session
+
+
+def add_recipient(session: SMTPSession, address: str, lookup: RecipientLookup = DELIVER) -> Outcome:
+    outcome = line(session, f"RCPT TO:<{address}>")
+    assert isinstance(outcome, CheckRecipient), outcome
+    return session.recipient_checked(lookup)
+
+
+def in_rcpt() -> SMTPSession:
+    session = in_mail()
+    assert add_recipient(session, "rcpt@ours.example") == replies.RECIPIENT_OK
+    return session
+
+
+def in_bdat() -> SMTPSession:
+    session = in_rcpt()
+    action = line(session, "BDAT 10")
+    assert isinstance(action, ReceiveContent)
+    assert session.content_received(GOOD, last=False) == replies.CHUNK_OK
+    return session
+
+
+SESSION_IN = {
+    State.GREETED: make_session,
+    State.READY: ready,
+    State.MAIL: in_mail,
+    State.RCPT: in_rcpt,
+    State.BDAT: in_bdat,
+}
+COMMANDS = {
+    "EHLO": "EHLO client.example",
+    "HELO": "HELO client.example",
+    "MAIL": "MAIL FROM:<other@client.example>",
+    "RCPT": "RCPT TO:<rcpt2@ours.example>",
+    "DATA": "DATA",
+    "BDAT": "BDAT 10 LAST",
+}
+ANYTIME = {
+    "RSET": replies.RESET_OK,
+    "NOOP": replies.OK,
+    "VRFY bob": replies.VRFY_CANNOT_VERIFY,
+    "HELP": replies.HELP,
+}
+
+
+def trace_headers(session: SMTPSession) -> str:
+    action = line(session, "DATA")
+    assert isinstance(action, ReceiveContent), action
+    return action.trace_headers.decode("utf-8")
+
+
+# -- greeting and hello -------------------------------------------------------------------------
+
+
+def test_greeting() -> None:
+    """The greeting is 220 and names the host."""
+    greeting = make_session().greeting()
+    assert greeting == replies.GREETING
+    assert HOSTNAME in greeting.text
+
+
+def test_ehlo_lists_extensions() -> None:
+    """EHLO answers 250 with exactly the extensions we implement, SIZE with the limit."""
+    session = make_session()
+    outcome = line(session, "EHLO client.example")
+    assert outcome == replies.EHLO_OK
+    assert isinstance(outcome, replies.Reply)
+    assert outcome.text.split("\n")[1:] == [
+        "PIPELINING",
+        f"SIZE {MAX_SIZE}",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "CHUNKING",
+    ]
+    assert session.state is State.READY
+    assert session.esmtp
+
+
+def test_helo() -> None:
+    """HELO answers 250 without extensions and leaves ESMTP off."""
+    session = make_session()
+    outcome = line(session, "HELO client.example")
+    assert outcome == replies.HELO_OK
+    assert isinstance(outcome, replies.Reply)
+    assert "\n" not in outcome.text
+    assert session.state is State.READY
+    assert not session.esmtp
+    assert session.helo == "client.example"
+
+
+@pytest.mark.parametrize(
+    "argument", ["[192.0.2.9]", "[IPv6:2001:db8::9]", "under_score.example", "localhost"]
+)
+def test_hello_accepts_domains_and_literals(argument: str) -> None:
+    """A domain (underscores tolerated) or an address literal is a valid EHLO argument."""
+    assert line(make_session(), f"EHLO {argument}") == replies.EHLO_OK
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "",
+        "two words",
+        "bad..domain",
+        "-bad.example",
+        "[192.0.2.300]",
+        "[192.0.2.1",
+        "[IPv6:fe80::1%eth0]",
+        "[IPv6:fe80::1%x);\tby]",
+        "bad\tchar",
+    ],
+)
+def test_invalid_hello_argument(argument: str) -> None:
+    """An empty, spaced, malformed or zone-id argument gets BAD_HELO; the state is unchanged."""
+    for verb in ("EHLO", "HELO"):
+        session = make_session()
+        assert line(session, f"{verb} {argument}") == replies.BAD_HELO
+        assert session.state is State.GREETED
+        assert session.helo is None
+
+
+@given(st.text(max_size=60))
+def test_hello_argument_cannot_inject_header_text(argument: str) -> None:
+    """Whatever follows EHLO, an accepted name holds no whitespace or control characters."""
+    session = make_session()
+    outcome = session.handle_line(b"EHLO " + argument.encode("utf-8"))
+    if outcome == replies.EHLO_OK:
+        assert session.helo is not None
+        assert session.helo.isprintable()
+        assert not any(char.isspace() for char in session.helo)
+
+
+# -- command sequencing -----------------------------------------------------------------------
+
+
+OUT_OF_ORDER = [
+    (verb, state)
+    for verb, allowed in ALLOWED.items()
+    for state in SESSION_IN
+    if state not in allowed
+]
+
+
+@pytest.mark.parametrize("verb, state", OUT_OF_ORDER)
+def test_out_of_sequence_commands(verb: str, state: State) -> None:
+    """A command outside its states gets the table's 503 reply and changes nothing.
+
+    BDAT's octets must still be read first (RFC 3030 §3): it asks for them to be discarded
+    and the refusal comes once they have been.
+    """
+    session = SESSION_IN[state]()
+    outcome = line(session, COMMANDS[verb])
+    expected = OUT_OF_SEQUENCE[state]
+    assert expected.code == 503
+    if verb == "BDAT":
+        assert isinstance(outcome, ReceiveContent)
+        assert outcome.discard == expected
+        assert outcome.chunk_size == 10
+        assert session.chunk_discarded(outcome.discard) == expected
+    else:
+        assert outcome == expected
+    assert session.state is state
+
+
+def test_out_of_sequence_table_covers_states() -> None:
+    """Every state a command can arrive in has a 503 reply named for it."""
+    assert set(OUT_OF_SEQUENCE) == set(SESSION_IN)
+    assert OUT_OF_ORDER  # the parametrised test above is not empty
+
+
+@pytest.mark.parametrize("state", list(SESSION_IN))
+@pytest.mark.parametrize("command", list(ANYTIME))
+def test_commands_allowed_in_every_state(command: str, state: State) -> None:
+    """RSET, NOOP, VRFY and HELP are never out of sequence."""
+    session = SESSION_IN[state]()
+    assert line(session, command) == ANYTIME[command]
+
+
+@pytest.mark.parametrize("state", list(SESSION_IN))
+def test_quit_in_every_state(state: State) -> None:
+    """QUIT closes with 221 in every state."""
+    session = SESSION_IN[state]()
+    outcome = line(session, "QUIT")
+    assert isinstance(outcome, Close)
+    assert outcome.reply == replies.CLOSING
+    assert session.closed
+
+
+@pytest.mark.parametrize("state", [State.READY, State.MAIL, State.RCPT, State.BDAT])
+def test_rset_ends_transaction(state: State) -> None:
+    """RSET ends any transaction and returns to READY."""
+    session = SESSION_IN[state]()
+    assert line(session, "RSET") == replies.RESET_OK
+    assert session.state is State.READY
+    assert session.transaction is None
+
+
+def test_rset_before_hello_stays_greeted() -> None:
+    """RSET before EHLO does not count as a greeting."""
+    session = make_session()
+    assert line(session, "RSET") == replies.RESET_OK
+    assert session.state is State.GREETED
+
+
+@pytest.mark.parametrize("state", [State.MAIL, State.RCPT])
+def test_ehlo_ends_transaction(state: State) -> None:
+    """EHLO in a transaction ends it (RFC 5321 §4.1.4)."""
+    session = SESSION_IN[state]()
+    assert line(session, "EHLO again.example") == replies.EHLO_OK
+    assert session.state is State.READY
+    assert session.transaction is None
+    assert session.helo == "again.example"
+
+
+def test_commands_are_case_insensitive() -> None:
+    """Verbs and the FROM:/TO: keywords may be in any case."""
+    session = make_session()
+    assert line(session, "ehlo client.example") == replies.EHLO_OK
+    assert line(session, "mail from:<a@client.example>") == replies.SENDER_OK
+    assert isinstance(line(session, "rcpt to:<b@ours.example>"), CheckRecipient)
+
+
+# -- MAIL -------------------------------------------------------------------------------------
+
+
+def test_mail_starts_transaction() -> None:
+    """MAIL FROM records the sender under a new id."""
+    session = in_mail()
+    assert session.state is State.MAIL
+    assert session.transaction is not None
+    assert session.transaction.sender == Mailbox("sender", "client.example")
+    assert session.transaction.id == "ID1"
+
+
+def test_mail_null_sender() -> None:
+    """``MAIL FROM:<>`` (bounces) is accepted with no sender."""
+    session = in_mail("MAIL FROM:<>")
+    assert session.transaction is not None
+    assert session.transaction.sender is None
+
+
+def test_mail_space_after_colon_tolerated() -> None:
+    """``MAIL FROM: <a@b>`` is accepted, as many clients send it."""
+    session = in_mail("MAIL FROM: <sender@client.example>")
+    assert session.transaction is not None
+    assert session.transaction.sender == Mailbox("sender", "client.example")
+
+
+def test_mail_quoted_local_part_with_specials_then_parameters() -> None:
+    """A quoted ``>`` and space do not end the path; the parameters after it are parsed."""
+    session = in_mail('MAIL FROM:<"odd> name"@client.example> SIZE=100 BODY=8BITMIME')
+    assert session.transaction is not None
+    assert session.transaction.sender == Mailbox("odd> name", "client.example")
+    assert session.transaction.body_8bit
+    session = ready()
+    outcome = line(session, f'MAIL FROM:<"odd> name"@client.example> SIZE={MAX_SIZE + 1}')
+    assert outcome == replies.MESSAGE_TOO_BIG
+
+
+def test_mail_size_within_limit() -> None:
+    """SIZE up to the limit is accepted."""
+    in_mail(f"MAIL FROM:<a@client.example> SIZE={MAX_SIZE}")
+
+
+def test_mail_size_over_limit() -> None:
+    """SIZE over the limit is refused with 552 (RFC 1870 §6.2) and no transaction starts."""
+    session = ready()
+    outcome = line(session, f"MAIL FROM:<a@client.example> SIZE={MAX_SIZE + 1}")
+    assert outcome == replies.MESSAGE_TOO_BIG
+    assert session.state is State.READY
+
+
+@pytest.mark.parametrize(
+    "value", ["SIZE=abc", "SIZE", "SIZE=-1", "SIZE=1e3", "SIZE=\u00b2", "SIZE=\u0661\u0662"]
+)
+def test_mail_bad_size(value: str) -> None:
+    """A SIZE that is not ASCII digits is refused (Unicode digits included, never a crash)."""
+    session = ready()
+    assert line(session, f"MAIL FROM:<a@client.example> {value}") == replies.BAD_SIZE_PARAMETER
+    assert session.state is State.READY
+
+
+@pytest.mark.parametrize(
+    "value, eight_bit", [("8BITMIME", True), ("7BIT", False), ("8bitmime", True)]
+)
+def test_mail_body(value: str, eight_bit: bool) -> None:
+    """BODY=8BITMIME and BODY=7BIT are accepted and recorded."""
+    session = in_mail(f"MAIL FROM:<a@client.example> BODY={value}")
+    assert session.transaction is not None
+    assert session.transaction.body_8bit is eight_bit
+
+
+@pytest.mark.parametrize("value", ["BODY=BINARYMIME", "BODY"])
+def test_mail_bad_body(value: str) -> None:
+    """Any other BODY value is refused."""
+    assert line(ready(), f"MAIL FROM:<a@client.example> {value}") == replies.BAD_BODY_PARAMETER
+
+
+@pytest.mark.parametrize("parameter", ["FOO=bar", "AUTH=<>", "SMTPUTF8=yes", "RET=FULL"])
+def test_mail_unknown_parameter(parameter: str) -> None:
+    """A parameter we do not implement is refused with 555."""
+    assert line(ready(), f"MAIL FROM:<a@client.example> {parameter}") == replies.UNKNOWN_PARAMETER
+
+
+@pytest.mark.parametrize("parameter", ["SIZE=10", "BODY=8BITMIME", "SMTPUTF8"])
+def test_mail_parameters_need_ehlo(parameter: str) -> None:
+    """After HELO no ESMTP parameter is known."""
+    session = ready(hello="HELO client.example")
+    assert line(session, f"MAIL FROM:<a@client.example> {parameter}") == replies.UNKNOWN_PARAMETER
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "FROM:<a@client.example>SIZE=10",
+        "FROM:<a@client.example> SIZE=1 SIZE=2",
+        "FROM:<a@client.example> =x",
+        "FROM:<a@client.example> SIZE=",
+        'FROM:<"unterminated@client.example>',
+        "TO:<a@client.example>",
+        "FROM:",
+    ],
+)
+def test_mail_syntax_errors(argument: str) -> None:
+    """Malformed MAIL arguments get 501 SYNTAX_ERROR."""
+    session = ready()
+    assert line(session, f"MAIL {argument}") == replies.SYNTAX_ERROR
+    assert session.state is State.READY
+
+
+@pytest.mark.parametrize(
+    "path", ["<a@client.example.>", "<a@>", "<a..b@client.example>", "<a@[192.0.2.300]>"]
+)
+def test_mail_bad_sender(path: str) -> None:
+    """An invalid reverse-path gets BAD_SENDER_SYNTAX."""
+    assert line(ready(), f"MAIL FROM:{path}") == replies.BAD_SENDER_SYNTAX
+
+
+def test_mail_smtputf8() -> None:
+    """A non-ASCII sender is accepted with SMTPUTF8 (RFC 6531)."""
+    session = in_mail("MAIL FROM:<jöran@bücher.example> SMTPUTF8")
+    assert session.transaction is not None
+    assert session.transaction.smtputf8
+
+
+def test_mail_non_ascii_without_smtputf8() -> None:
+    """A non-ASCII sender without SMTPUTF8 is refused with 553 5.6.7 (RFC 6531 §3.5)."""
+    session = ready()
+    assert line(session, "MAIL FROM:<jöran@client.example>") == replies.NEEDS_SMTPUTF8
+    assert session.state is State.READY
+
+
+# -- RCPT -------------------------------------------------------------------------------------
+
+
+def test_rcpt_asks_for_lookup() -> None:
+    """RCPT returns CheckRecipient with the parsed recipient."""
+    session = in_mail()
+    outcome = line(session, "RCPT TO:<Rcpt@Ours.Example>")
+    assert outcome == CheckRecipient(Mailbox("Rcpt", "Ours.Example"))
+
+
+@pytest.mark.parametrize(
+    "lookup, expected",
+    [
+        (Lookup.NOT_OUR_DOMAIN, replies.RELAY_DENIED),
+        (Lookup.NO_SUCH_USER, replies.NO_SUCH_USER),
+        (Lookup.ALIAS_LOOP, replies.ALIAS_LOOP),
+    ],
+)
+def test_rcpt_refused_by_lookup(lookup: Lookup, expected: replies.Reply) -> None:
+    """Each refusing look-up outcome gets its reply; the recipient is not added."""
+    session = in_mail()
+    assert add_recipient(session, "x@ours.example", RecipientLookup(lookup)) == expected
+    assert session.state is State.MAIL
+    assert session.transaction is not None
+    assert session.transaction.recipients == []
+
+
+def test_rcpt_accepted() -> None:
+    """A DELIVER look-up accepts the recipient and records its mailboxes."""
+    session = in_mail()
+    lookup = RecipientLookup(Lookup.DELIVER, ("a@ours.example", "b@ours.example"))
+    assert add_recipient(session, "list@ours.example", lookup) == replies.RECIPIENT_OK
+    assert session.state is State.RCPT
+    assert session.transaction is not None
+    assert session.transaction.recipients == [Mailbox("list", "ours.example")]
+    assert session.transaction.mailboxes == ["a@ours.example", "b@ours.example"]
+
+
+def test_rcpt_lookup_failure_is_temporary() -> None:
+    """A look-up that fails on our side answers 451 LOCAL_ERROR."""
+    session = in_mail()
+    assert isinstance(line(session, "RCPT TO:<x@ours.example>"), CheckRecipient)
+    assert session.recipient_unavailable() == replies.LOCAL_ERROR
+
+
+def test_rcpt_null_path_refused() -> None:
+    """``RCPT TO:<>`` is a syntax error."""
+    assert line(in_mail(), "RCPT TO:<>") == replies.BAD_RECIPIENT_SYNTAX
+
+
+def test_rcpt_parameters_refused() -> None:
+    """We implement no RCPT parameters."""
+    assert line(in_mail(), "RCPT TO:<x@ours.example> NOTIFY=NEVER") == replies.UNKNOWN_PARAMETER
+
+
+def test_rcpt_non_ascii_needs_smtputf8() -> None:
+    """A non-ASCII recipient needs SMTPUTF8 on MAIL; with it, it is looked up."""
+    assert line(in_mail(), "RCPT TO:<jöran@ours.example>") == replies.NEEDS_SMTPUTF8
+    session = in_mail("MAIL FROM:<a@client.example> SMTPUTF8")
+    assert line(session, "RCPT TO:<jöran@ours.example>") == CheckRecipient(
+        Mailbox("jöran", "ours.example")
+    )
+
+
+def test_recipient_limit() -> None:
+    """After max_recipients accepted, the next RCPT gets 452 TOO_MANY_RECIPIENTS."""
+    session = in_mail()
+    for number in range(POLICY.max_recipients):
+        assert add_recipient(session, f"r{number}@ours.example") == replies.RECIPIENT_OK
+    outcome = line(session, "RCPT TO:<one.more@ours.example>")
+    assert outcome == replies.TOO_MANY_RECIPIENTS
+    assert isinstance(outcome, replies.Reply)
+    assert outcome.code == 452
+
+
+def test_refused_recipients_do_not_count_toward_limit() -> None:
+    """Only accepted recipients count toward the limit."""
+    session = in_mail()
+    for number in range(POLICY.max_recipients + 2):
+        refused = add_recipient(
+            session, f"r{number}@x.example", RecipientLookup(Lookup.NO_SUCH_USER)
+        )
+        assert refused == replies.NO_SUCH_USER
+    assert add_recipient(session, "ok@ours.example") == replies.RECIPIENT_OK
+
+
+# -- relay tricks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path, looked_up",
+    [
+        ("<user%other.example@ours.example>", Mailbox("user%other.example", "ours.example")),
+        ("<other.example!user@ours.example>", Mailbox("other.example!user", "ours.example")),
+        ('<"user@other.example"@ours.example>', Mailbox("user@other.example", "ours.example")),
+        ("<@ours.example:user@other.example>", Mailbox("user", "other.example")),
+    ],
+)
+def test_relay_tricks_are_looked_up_not_relayed(path: str, looked_up: Mailbox) -> None:
+    """Percent hacks, bang paths and quoted ``@`` stay in our domain for the user database;
+    a source route is dropped and the real destination looked up (and so denied)."""
+    session = in_mail()
+    assert line(session, f"RCPT TO:{path}") == CheckRecipient(looked_up)
+
+
+def test_source_route_to_other_domain_is_relay_denied() -> None:
+    """``<@ours:user@other>`` ends as RELAY_DENIED when the look-up says not our domain."""
+    session = in_mail()
+    outcome = add_recipient(
+        session, "@ours.example:user@other.example", RecipientLookup(Lookup.NOT_OUR_DOMAIN)
+    )
+    assert outcome == replies.RELAY_DENIED
+
+
+@pytest.mark.parametrize("path", ["<user@[192.0.2.1]>", "<user@[IPv6:2001:db8::1]>"])
+def test_address_literal_recipient_refused_without_lookup(path: str) -> None:
+    """Address-literal recipients are relay-denied without asking the user database."""
+    session = in_mail()
+    assert line(session, f"RCPT TO:{path}") == replies.RELAY_DENIED
+    assert session.state is State.MAIL
+
+
+def test_trailing_dot_recipient_is_syntax_error() -> None:
+    """``<user@other.example.>`` is refused as bad syntax, not looked up."""
+    assert line(in_mail(), "RCPT TO:<user@other.example.>") == replies.BAD_RECIPIENT_SYNTAX
+
+
+# -- DATA and trace headers -----------------------------------------------------------------------
+
+
+def test_data_starts_content() -> None:
+    """DATA returns ReceiveContent with 354, dot-stuffed framing and the size limit."""
+    session = in_rcpt()
+    action = line(session, "DATA")
+    assert isinstance(action, ReceiveContent)
+    assert action.reply == replies.START_DATA
+    assert action.chunk_size is None
+    assert action.last
+    assert action.discard is None
+    assert action.max_size == MAX_SIZE
+    assert action.trace_headers.startswith(b"Return-Path: <sender@client.example>\r\n")
+
+
+def test_data_with_argument_is_syntax_error() -> None:
+    """DATA takes no argument."""
+    assert line(in_rcpt(), "DATA now") == replies.SYNTAX_ERROR
+
+
+def test_data_after_only_refused_recipients() -> None:
+    """DATA with no accepted recipient gets 554 and ends the transaction (RFC 2920 §3.1)."""
+    session = in_mail()
+    add_recipient(session, "x@ours.example", RecipientLookup(Lookup.NO_SUCH_USER))
+    assert line(session, "DATA") == replies.NO_VALID_RECIPIENTS
+    assert session.state is State.READY
+    assert session.transaction is None
+
+
+def test_trace_headers_single_recipient() -> None:
+    """Return-Path, Delivered-To and a Received with from, by, with, id and for (§4.4)."""
+    session = in_rcpt()
+    headers = trace_headers(session)
+    lines = headers.split("\r\n")
+    assert lines[0] == "Return-Path: <sender@client.example>"
+    assert lines[1] == "Delivered-To: rcpt@ours.example"
+    assert lines[2] == "Received: from client.example ([192.0.2.1])"
+    assert lines[3] == f"\tby {HOSTNAME} with ESMTP id ID1"
+    assert lines[4] == "\tfor <rcpt@ours.example>;"
+    assert lines[5].startswith("\t")
+    assert parsedate_to_datetime(lines[5][1:]).timestamp() == 0.0  # the injected clock
+    assert lines[6:] == [""]
+
+
+def test_trace_headers_null_sender() -> None:
+    """The null sender gives ``Return-Path: <>``."""
+    session = in_mail("MAIL FROM:<>")
+    add_recipient(session, "rcpt@ours.example")
+    assert trace_headers(session).startswith("Return-Path: <>\r\n")
+
+
+def test_trace_headers_quote_local_part() -> None:
+    """A local part that needs quotes is written quoted in Return-Path."""
+    session = in_mail('MAIL FROM:<"john smith"@client.example>')
+    add_recipient(session, "rcpt@ours.example")
+    assert trace_headers(session).startswith('Return-Path: <"john smith"@client.example>\r\n')
+
+
+def test_trace_headers_two_recipients_one_mailbox() -> None:
+    """Two recipients for one mailbox: Delivered-To, but no ``for`` clause."""
+    session = in_mail()
+    add_recipient(session, "a@ours.example")
+    add_recipient(session, "b@ours.example")
+    headers = trace_headers(session)
+    assert "Delivered-To: rcpt@ours.example\r\n" in headers
+    assert "for <" not in headers
+
+
+def test_trace_headers_one_recipient_two_mailboxes() -> None:
+    """One recipient expanding to two mailboxes: ``for``, but no Delivered-To."""
+    session = in_mail()
+    add_recipient(
+        session,
+        "list@ours.example",
+        RecipientLookup(Lookup.DELIVER, ("a@o.example", "b@o.example")),
+    )
+    headers = trace_headers(session)
+    assert "Delivered-To" not in headers
+    assert "\tfor <list@ours.example>;" in headers
+
+
+def test_trace_headers_utf8smtp() -> None:
+    """With SMTPUTF8 the protocol is UTF8SMTP (RFC 6531 §4.3)."""
+    session = in_mail("MAIL FROM:<jöran@client.example> SMTPUTF8")
+    add_recipient(session, "rcpt@ours.example")
+    headers = trace_headers(session)
+    assert f"\tby {HOSTNAME} with UTF8SMTP id ID1" in headers
+    assert "Return-Path: <jöran@client.example>" in headers
+
+
+def test_trace_headers_helo_protocol() -> None:
+    """After HELO the protocol is SMTP."""
+    session = ready(hello="HELO old.example")
+    line(session, "MAIL FROM:<a@old.example>")
+    add_recipient(session, "rcpt@ours.example")
+    headers = trace_headers(session)
+    assert "Received: from old.example ([192.0.2.1])\r\n" in headers
+    assert f"\tby {HOSTNAME} with SMTP id ID1" in headers
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        b"HELO a.example\rX-Injected: yes",
+        b"EHLO a.example\nX-Injected: yes",
+        b"MAIL FROM:<a@b.example>\r\nX-Injected: yes",
+        b'MAIL FROM:<"a\rb"@b.example>',
+        b"MAIL FROM:<a@b.example\n>",
+    ],
+)
+def test_no_line_ending_can_be_injected(command: bytes) -> None:
+    """A CR or LF inside a command line is refused before anything is parsed."""
+    session = ready()
+    assert session.handle_line(command) == replies.BARE_LINE_ENDING_IN_COMMAND
+    assert session.helo == "client.example"
+    assert session.transaction is None
+
+
+@given(st.text(max_size=80))
+def test_trace_headers_keep_their_shape(argument: str) -> None:
+    """Whatever MAIL argument is accepted, the trace headers keep their fixed line structure."""
+    session = ready()
+    if session.handle_line(b"MAIL FROM:" + argument.encode("utf-8")) != replies.SENDER_OK:
+        return
+    add_recipient(session, "rcpt@ours.example")
+    lines = trace_headers(session).split("\r\n")
+    assert lines[0].startswith("Return-Path: <")
+    assert [text[:1] for text in lines[1:]] == ["D", "R", "\t", "\t", "\t", ""]
+    for text in lines:
+        assert "\r" not in text and "\n" not in text
+
+
+# -- content ----------------------------------------------------------------------------------
+
+
+def test_good_content_is_delivered() -> None:
+    """A good summary asks for delivery of the transaction."""
+    session = in_rcpt()
+    line(session, "DATA")
+    outcome = session.content_received(GOOD)
+    assert isinstance(outcome, Deliver)
+    assert outcome.transaction is session.transaction
+    assert outcome.transaction.mailboxes == ["rcpt@ours.example"]
+
+
+@pytest.mark.parametrize(
+    "summary, expected",
+    [
+        (ContentSummary(20_000, True, False, 0), replies.MESSAGE_TOO_BIG),
+        (ContentSummary(100, False, True, 0), replies.BARE_LINE_ENDING_IN_DATA),
+        (ContentSummary(100, False, False, 5), replies.TOO_MANY_HOPS),
+        (ContentSummary(100, False, False, 50), replies.TOO_MANY_HOPS),
+    ],
+)
+def test_bad_content_refused(summary: ContentSummary, expected: replies.Reply) -> None:
+    """Too big, bare line endings or too many Received headers refuse and end the transaction."""
+    session = in_rcpt()
+    line(session, "DATA")
+    assert session.content_received(summary) == expected
+    assert session.state is State.READY
+    assert session.transaction is None
+
+
+def test_received_headers_below_limit_accepted() -> None:
+    """One fewer Received header than the limit is fine: ours makes it the limit (§6.3)."""
+    session = in_rcpt()
+    line(session, "DATA")
+    summary = ContentSummary(100, False, False, POLICY.max_received_headers - 1)
+    assert isinstance(session.content_received(summary), Deliver)
+
+
+def test_delivery_finished_accepts() -> None:
+    """A finished delivery answers 250 with the id and ends the transaction."""
+    session = in_rcpt()
+    line(session, "DATA")
+    session.content_received(GOOD)
+    reply = session.delivery_finished(None)
+    assert reply == replies.MESSAGE_ACCEPTED
+    assert "ID1" in reply.text
+    assert session.state is State.READY
+    assert session.transaction is None
+
+
+def test_delivery_failure_passed_through() -> None:
+    """A failed delivery answers the failure given (e.g. 452 INSUFFICIENT_STORAGE)."""
+    session = in_rcpt()
+    line(session, "DATA")
+    session.content_received(GOOD)
+    assert session.delivery_finished(replies.INSUFFICIENT_STORAGE) == replies.INSUFFICIENT_STORAGE
+    assert session.state is State.READY
+
+
+def test_delivery_failure_is_not_a_client_error() -> None:
+    """Our own delivery failures do not count toward the client's error limit."""
+    policy = SessionPolicy(HOSTNAME, MAX_SIZE, 3, 5, max_errors=0)
+    session = ready(policy)
+    for _ in range(3):
+        assert line(session, "MAIL FROM:<a@client.example>") == replies.SENDER_OK
+        add_recipient(session, "rcpt@ours.example")
+        line(session, "DATA")
+        session.content_received(GOOD)
+        assert session.delivery_finished(replies.LOCAL_ERROR) == replies.LOCAL_ERROR
+    assert not session.closed
+
+
+def test_second_transaction_after_delivery() -> None:
+    """After a delivery the session accepts a new MAIL."""
+    session = in_rcpt()
+    line(session, "DATA")
+    session.content_received(GOOD)
+    session.delivery_finished(None)
+    assert line(session, "MAIL FROM:<again@client.example>") == replies.SENDER_OK
+
+
+# -- BDAT -------------------------------------------------------------------------------------
+
+
+def test_bdat_chunks_then_last() -> None:
+    """BDAT chunks: trace headers with the first only; the LAST one leads to delivery."""
+    session = in_rcpt()
+    first = line(session, "BDAT 100")
+    assert isinstance(first, ReceiveContent)
+    assert first.reply is None
+    assert first.chunk_size == 100
+    assert not first.last
+    assert first.trace_headers.startswith(b"Return-Path: ")
+    assert session.content_received(GOOD, last=False) == replies.CHUNK_OK
+    assert session.state is State.BDAT
+    second = line(session, "BDAT 50 LAST")
+    assert isinstance(second, ReceiveContent)
+    assert second.chunk_size == 50
+    assert second.last
+    assert second.trace_headers == b""
+    assert isinstance(session.content_received(GOOD, last=True), Deliver)
+
+
+def test_bdat_zero_last() -> None:
+    """``BDAT 0 LAST`` is a valid final chunk."""
+    session = in_bdat()
+    action = line(session, "BDAT 0 last")
+    assert isinstance(action, ReceiveContent)
+    assert action.chunk_size == 0
+    assert action.last
+
+
+def test_bdat_without_recipients_discards() -> None:
+    """BDAT after only refused recipients reads the octets, then answers NO_VALID_RECIPIENTS."""
+    session = in_mail()
+    action = line(session, "BDAT 20 LAST")
+    assert isinstance(action, ReceiveContent)
+    assert action.discard == replies.NO_VALID_RECIPIENTS
+    assert action.chunk_size == 20
+    assert session.chunk_discarded(action.discard) == replies.NO_VALID_RECIPIENTS
+    assert session.transaction is None
+
+
+def test_bdat_without_mail_discards() -> None:
+    """BDAT with no transaction: the octets are read and discarded, then 503."""
+    session = ready()
+    action = line(session, "BDAT 20")
+    assert isinstance(action, ReceiveContent)
+    assert action.discard == replies.NEED_MAIL
+    assert action.chunk_size == 20
+
+
+@pytest.mark.parametrize("state", [State.READY, State.RCPT])
+@pytest.mark.parametrize(
+    "argument", ["", "x", "10 MORE", "-1", "10 LAST extra", "\u00b2", "\u0661\u0660 LAST"]
+)
+def test_malformed_bdat_closes(argument: str, state: State) -> None:
+    """A BDAT whose size cannot be read closes the connection: its octets cannot be skipped."""
+    session = SESSION_IN[state]()
+    outcome = line(session, f"BDAT {argument}")
+    assert isinstance(outcome, Close)
+    assert outcome.reply == replies.SYNTAX_ERROR
+    assert session.closed
+
+
+def test_bdat_crlf_split_across_chunks() -> None:
+    """A CRLF split between two BDAT chunks is not a bare line ending (RFC 3030 chunks are
+    arbitrary octet counts)."""
+    session = in_rcpt()
+    inspector = ContentInspector(lambda data: None, MAX_SIZE)
+    assert isinstance(line(session, "BDAT 11"), ReceiveContent)
+    inspector.feed(b"Subject: x\r")
+    assert session.content_received(inspector.summary(), last=False) == replies.CHUNK_OK
+    assert isinstance(line(session, "BDAT 9 LAST"), ReceiveContent)
+    inspector.feed(b"\n\r\nbody\r\n")
+    assert isinstance(session.content_received(inspector.summary(), last=True), Deliver)
+
+
+def test_bdat_bare_cr_at_end_of_last_chunk() -> None:
+    """A CR ending the last chunk is a bare line ending."""
+    session = in_rcpt()
+    inspector = ContentInspector(lambda data: None, MAX_SIZE)
+    line(session, "BDAT 8 LAST")
+    inspector.feed(b"a\r\nbody\r")
+    assert session.content_received(inspector.summary()) == replies.BARE_LINE_ENDING_IN_DATA
+
+
+def test_bdat_bare_lf_in_earlier_chunk_refused() -> None:
+    """A bare LF in a non-final chunk still gets the message refused."""
+    session = in_rcpt()
+    inspector = ContentInspector(lambda data: None, MAX_SIZE)
+    line(session, "BDAT 3")
+    inspector.feed(b"a\nb")
+    outcome = session.content_received(inspector.summary(), last=False)
+    if outcome == replies.CHUNK_OK:
+        line(session, "BDAT 2 LAST")
+        inspector.feed(b"\r\n")
+        outcome = session.content_received(inspector.summary(), last=True)
+    assert outcome == replies.BARE_LINE_ENDING_IN_DATA
+    assert session.transaction is None
+
+
+def test_bdat_too_big_chunk_refused_early() -> None:
+    """A non-final chunk that passes the size limit ends the transaction at once."""
+    session = in_rcpt()
+    line(session, "BDAT 20000")
+    summary = ContentSummary(20_000, True, False, 0)
+    assert session.content_received(summary, last=False) == replies.MESSAGE_TOO_BIG
+    assert session.state is State.READY
+
+
+# -- other commands and errors ----------------------------------------------------------------
+
+
+def test_vrfy_does_not_verify() -> None:
+    """VRFY answers 252 without looking anything up (§3.5.3)."""
+    reply = line(ready(), "VRFY bob")
+    assert reply == replies.VRFY_CANNOT_VERIFY
+    assert isinstance(reply, replies.Reply)
+    assert reply.code == 252
+
+
+def test_vrfy_without_argument() -> None:
+    """VRFY needs an argument."""
+    assert line(ready(), "VRFY") == replies.SYNTAX_ERROR
+
+
+@pytest.mark.parametrize("verb", ["EXPN list", "TURN", "ETRN x.example"])
+def test_not_implemented(verb: str) -> None:
+    """EXPN, TURN and ETRN get 502."""
+    assert line(ready(), verb) == replies.NOT_IMPLEMENTED
+
+
+def test_unknown_command() -> None:
+    """An unknown verb gets 500 UNRECOGNIZED_COMMAND."""
+    assert line(ready(), "FROB x") == replies.UNRECOGNIZED_COMMAND
+
+
+def test_line_length_limit() -> None:
+    """A 512-octet line (with CRLF) is fine; one octet more gets LINE_TOO_LONG."""
+    fits = b"NOOP " + b"x" * (MAX_COMMAND_LINE - 2 - 5)
+    assert make_session().handle_line(fits) == replies.OK
+    assert make_session().handle_line(fits + b"x") == replies.LINE_TOO_LONG
+
+
+def test_line_too_long_from_glue() -> None:
+    """The glue reporting an over-long line gets LINE_TOO_LONG."""
+    assert make_session().line_too_long() == replies.LINE_TOO_LONG
+
+
+@pytest.mark.parametrize("command", [b"NOOP\r", b"NO\rOP", b"\nNOOP", b"NOOP x\ry"])
+def test_cr_or_lf_in_command(command: bytes) -> None:
+    """A CR or LF inside a command line gets BARE_LINE_ENDING_IN_COMMAND."""
+    assert make_session().handle_line(command) == replies.BARE_LINE_ENDING_IN_COMMAND
+
+
+def test_invalid_utf8() -> None:
+    """A command line that is not UTF-8 gets SYNTAX_ERROR."""
+    assert make_session().handle_line(b"EHLO \xff\xfe") == replies.SYNTAX_ERROR
+
+
+def test_too_many_errors_closes() -> None:
+    """After max_errors errors, the next error closes with 421 TOO_MANY_ERRORS."""
+    policy = SessionPolicy(HOSTNAME, MAX_SIZE, 3, 5, max_errors=3)
+    session = ready(policy)
+    for _ in range(3):
+        assert line(session, "FROB") == replies.UNRECOGNIZED_COMMAND
+    assert line(session, "NOOP") == replies.OK  # not an error
+    outcome = line(session, "MAIL FROM:<bad")
+    assert outcome == Close(replies.TOO_MANY_ERRORS)
+    assert session.closed
+
+
+def test_errors_of_every_kind_count() -> None:
+    """Sequence errors and refused recipients count toward the error limit too."""
+    policy = SessionPolicy(HOSTNAME, MAX_SIZE, 3, 5, max_errors=2)
+    session = ready(policy)
+    assert line(session, "RCPT TO:<a@ours.example>") == replies.NEED_MAIL
+    line(session, "MAIL FROM:<a@client.example>")
+    assert add_recipient(session, "x@ours.example", RecipientLookup(Lookup.NO_SUCH_USER)) == (
+        replies.NO_SUCH_USER
+    )
+    outcome = add_recipient(session, "y@ours.example", RecipientLookup(Lookup.NOT_OUR_DOMAIN))
+    assert outcome == Close(replies.TOO_MANY_ERRORS)
+
+
+def test_quit() -> None:
+    """QUIT closes with 221 CLOSING."""
+    session = ready()
+    outcome = line(session, "QUIT")
+    assert outcome == Close(replies.CLOSING)
+    assert session.closed
