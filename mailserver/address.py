@@ -6,9 +6,9 @@ server compares addresses the same way.
 
 Normalisation (documented in the README): the domain is compared case-insensitively and in
 its IDNA A-label form; the local part is compared case-insensitively (Unicode ``casefold``)
-after removing quoting that does not change its meaning (``"bob"`` equals ``bob``). Local parts
-that need quoting (containing ``@``, spaces, ...) keep their quotes and never match an account
-created from an unquoted name.
+after removing the quoting (``"bob"`` equals ``bob``). The normalised form is a key for
+comparison and storage, not an address to write into a message: ``"a b"@example.org`` becomes
+``a b@example.org``, which stays unambiguous because the domain never contains ``@``.
 """
 
 from __future__ import annotations

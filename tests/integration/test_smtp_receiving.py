@@ -93,8 +93,9 @@ def test_swaks_delivers_byte_identical_body_with_trace_headers(server: RunningSe
     assert "250 2.0.0 Message accepted" in result.stdout
     [stored] = server.new_messages("alice@example.org")
     data = stored.read_bytes()
-    assert data.endswith(BODY)
-    trace = data[: -len(BODY)]
+    sent = BODY + b"\r\n"  # swaks ends the data with a CRLF of its own before the "."
+    assert data.endswith(sent)
+    trace = data[: -len(sent)]
     assert trace.startswith(b"Return-Path: <carol@sender.example>\r\n")
     assert b"Delivered-To: alice@example.org\r\n" in trace
     assert b"Received: from client.sender.example ([127.0.0.1])\r\n" in trace
@@ -168,7 +169,7 @@ def test_smuggled_message_is_not_a_boundary(server: RunningServer) -> None:
     assert dialogue.command("DATA").startswith("354")
     dialogue.send(
         b"Subject: first\r\n\r\nbody\n.\nMAIL FROM:<evil@sender.example>\n"
-        b"RCPT TO:<bob@example.org>\nDATA\nSubject: smuggled\n\nsmuggled\n.\r\n"
+        b"RCPT TO:<bob@example.org>\nDATA\nSubject: smuggled\n\nsmuggled\r\n.\r\n"
     )
     assert dialogue.reply().startswith("550 5.5.2")
     assert dialogue.command("NOOP").startswith("250")
