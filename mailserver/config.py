@@ -27,6 +27,8 @@ from typing import Any, TypeGuard, TypeVar
 
 from twisted.internet.endpoints import serverFromString
 
+from mailserver.address import AddressError, normalize
+
 __all__ = [
     "EMBEDDED_DEFAULT",
     "AccountsConfig",
@@ -209,6 +211,18 @@ def _path(value: object) -> Path:
     return Path(value)
 
 
+def _optional_address(value: object) -> str:
+    what = 'an address like "postmaster@example.org", or ""'
+    if not isinstance(value, str):
+        raise _expected(what, value)
+    if value == "":
+        return ""
+    try:
+        return normalize(value)
+    except AddressError as error:
+        raise _expected(f"{what} ({error})", value) from error
+
+
 def _recipient_delimiter(value: object) -> str:
     if not isinstance(value, str) or not (value == "" or (len(value) == 1 and value in "+-_=.")):
         raise _expected('"" (no subaddressing) or one character of "+-_=."', value)
@@ -384,6 +398,9 @@ class AccountsConfig:
     """How addresses map to accounts."""
 
     recipient_delimiter: str = _setting("+", _recipient_delimiter)
+    # RFC 5321 §4.1.1.3: mail to plain "<Postmaster>" (no domain) must be accepted.
+    # "" means postmaster@ the server's hostname.
+    postmaster: str = _setting("", _optional_address)
 
 
 @dataclass(frozen=True)

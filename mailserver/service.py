@@ -96,6 +96,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
             max_recipients=smtp.max_recipients,
             max_received_headers=smtp.max_received_headers,
             max_errors=smtp.max_errors,
+            postmaster=config.accounts.postmaster or f"postmaster@{config.server.hostname}",
         ),
         timeouts=Timeouts(command=smtp.command_timeout, data=smtp.data_timeout),
         users=users,

@@ -35,6 +35,7 @@ POLICY = SessionPolicy(
     max_recipients=3,
     max_received_headers=5,
     max_errors=20,
+    postmaster="postmaster@ours.example",
 )
 GOOD = ContentSummary(size=100, too_big=False, bare_line_ending=False, received_headers=0)
 DELIVER = RecipientLookup(Lookup.DELIVER, ("rcpt@ours.example",))
@@ -733,7 +734,7 @@ def test_delivery_failure_passed_through() -> None:
 
 def test_delivery_failure_is_not_a_client_error() -> None:
     """Our own delivery failures do not count toward the client's error limit."""
-    policy = SessionPolicy(HOSTNAME, MAX_SIZE, 3, 5, max_errors=0)
+    policy = SessionPolicy(HOSTNAME, MAX_SIZE, 3, 5, max_errors=0, postmaster="pm@ours.example")
     session = ready(policy)
     for _ in range(3):
         assert line(session, "MAIL FROM:<a@client.example>") == replies.SENDER_OK
@@ -915,7 +916,7 @@ def test_invalid_utf8() -> None:
 
 def test_too_many_errors_closes() -> None:
     """After max_errors errors, the next error closes with 421 TOO_MANY_ERRORS."""
-    policy = SessionPolicy(HOSTNAME, MAX_SIZE, 3, 5, max_errors=3)
+    policy = SessionPolicy(HOSTNAME, MAX_SIZE, 3, 5, max_errors=3, postmaster="pm@ours.example")
     session = ready(policy)
     for _ in range(3):
         assert line(session, "FROB") == replies.UNRECOGNIZED_COMMAND
@@ -927,7 +928,7 @@ def test_too_many_errors_closes() -> None:
 
 def test_errors_of_every_kind_count() -> None:
     """Sequence errors and refused recipients count toward the error limit too."""
-    policy = SessionPolicy(HOSTNAME, MAX_SIZE, 3, 5, max_errors=2)
+    policy = SessionPolicy(HOSTNAME, MAX_SIZE, 3, 5, max_errors=2, postmaster="pm@ours.example")
     session = ready(policy)
     assert line(session, "RCPT TO:<a@ours.example>") == replies.NEED_MAIL
     line(session, "MAIL FROM:<a@client.example>")
@@ -944,3 +945,12 @@ def test_quit() -> None:
     outcome = line(session, "QUIT")
     assert outcome == Close(replies.CLOSING)
     assert session.closed
+
+
+@pytest.mark.parametrize("path", ["<Postmaster>", "<postmaster>", "<POSTMASTER>"])
+def test_rcpt_to_bare_postmaster_is_looked_up_as_the_configured_address(path: str) -> None:
+    """RFC 5321 §4.1.1.3: <Postmaster> without a domain is accepted and routed to the
+    configured postmaster address."""
+    session = in_mail()
+    outcome = line(session, f"RCPT TO:{path}")
+    assert outcome == CheckRecipient(Mailbox("postmaster", "ours.example"))

@@ -71,6 +71,7 @@ class SessionPolicy:
     max_recipients: int
     max_received_headers: int
     max_errors: int
+    postmaster: str  # where "<Postmaster>" without a domain goes (§4.1.1.3)
 
 
 @dataclass(frozen=True)
@@ -397,6 +398,8 @@ class SMTPSession:
             return self._error(replies.SYNTAX_ERROR)
         if params:
             return self._error(replies.UNKNOWN_PARAMETER)
+        if path.lower() == "<postmaster>":
+            path = f"<{self.policy.postmaster}>"  # §4.1.1.3: must be accepted without domain
         try:
             recipient = parse_path(path, allow_null=False)
         except AddressError as error:
