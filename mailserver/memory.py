@@ -15,10 +15,11 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from mailserver.address import Mailbox, normalize, normalize_domain
-from mailserver.interfaces import IUserDatabase, RecipientLookup
+from mailserver.interfaces import IMailStore, IUserDatabase, RecipientLookup
+from mailserver.spool import Spool
 from mailserver.userdb import parse_login, resolve
 
-__all__ = ["MemoryUserDatabase"]
+__all__ = ["MemoryMailStore", "MemoryUserDatabase"]
 
 
 def _alias_key(source: str) -> str:
@@ -126,3 +127,79 @@ class MemoryUserDatabase:
         ):
             return defer.succeed(candidates[0])
         return defer.succeed(None)
+
+
+# --- Received mail, for the SMTP server -----------------------------------------------------
+
+
+@implementer(IMailStore)
+class MemoryMailStore:
+    """Delivered messages as bytes per mailbox; the next delivery can be made to fail or wait.
+
+    Like the Maildir store it reads the spooled bytes (``spool.commit()`` gives the file) and
+    discards the spool whatever the outcome, so tests can check that no spool file stays
+    behind. The trace headers are part of what is stored::
+
+        store = MemoryMailStore()
+        store.fail_next(StorageFull("disk full"))  # the next delivery fails with this error
+        store.hold_next()  # the next delivery waits: its Deferred fires at store.release()
+        store.mailboxes["bob@example.org"]  # [b"Return-Path: <...>\\r\\n...", ...]
+    """
+
+    def __init__(self) -> None:
+        self.mailboxes: dict[str, list[bytes]] = {}  # normalised address -> messages, in order
+        self.names: list[str] = []  # the name of each delivered message, in order
+        self._next_error: BaseException | None = None
+        self._hold_next = False
+        self._held: tuple[Spool, tuple[str, ...], BaseException | None, Deferred[str]] | None
+        self._held = None
+        self._count = 0
+
+    def fail_next(self, error: BaseException) -> None:
+        """Make the next delivery fail with ``error`` (and store nothing)."""
+        self._next_error = error
+
+    def hold_next(self) -> None:
+        """Make the next delivery wait until :meth:`release` is called."""
+        self._hold_next = True
+
+    @property
+    def holding(self) -> bool:
+        """Whether a delivery is waiting for :meth:`release`."""
+        return self._held is not None
+
+    def release(self, error: BaseException | None = None) -> None:
+        """Carry out the held delivery and fire its Deferred; with ``error``, fail it instead."""
+        assert self._held is not None, "no delivery is held"
+        spool, mailboxes, planned_error, waiting = self._held
+        self._held = None
+        if error is None:
+            error = planned_error
+        self._finish(spool, mailboxes, error).chainDeferred(waiting)
+
+    def deliver(self, spool: Spool, mailboxes: Sequence[str]) -> Deferred[str]:
+        error, self._next_error = self._next_error, None
+        if self._hold_next:
+            self._hold_next = False
+            waiting: Deferred[str] = Deferred()
+            self._held = (spool, tuple(mailboxes), error, waiting)
+            return waiting
+        return self._finish(spool, tuple(mailboxes), error)
+
+    def _finish(
+        self, spool: Spool, mailboxes: tuple[str, ...], error: BaseException | None
+    ) -> Deferred[str]:
+        try:
+            if error is not None:
+                return defer.fail(error)
+            data = spool.commit().read_bytes()
+        except Exception:
+            return defer.fail()
+        finally:
+            spool.discard()
+        self._count += 1
+        name = f"memory{self._count},S={len(data)}"
+        for mailbox in mailboxes:
+            self.mailboxes.setdefault(mailbox, []).append(data)
+        self.names.append(name)
+        return defer.succeed(name)
