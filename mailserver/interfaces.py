@@ -63,3 +63,70 @@ class IMailStore(Interface):
         :class:`StorageFull` when space runs out and with ``OSError`` for other trouble, after
         removing any copy it had made, so nothing half-delivered stays visible.
         """
+
+
+# --- Reading mailboxes (POP3) -------------------------------------------------------------------
+
+
+class MailboxInUse(Exception):
+    """Another session, in this process or another one, holds the mailbox's lock (``[IN-USE]``)."""
+
+
+class MailboxUnavailable(Exception):
+    """The mailbox cannot be opened for a reason that will not go away by itself
+    (``[SYS/PERM]``); temporary trouble is reported as ``OSError`` instead."""
+
+
+class MessageGone(Exception):
+    """A message of the session's snapshot was removed by another program meanwhile."""
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """One message of a mailbox snapshot, as POP3 lists it."""
+
+    uid: str  # RFC 1939 §7: 1 to 70 characters in 0x21-0x7E, stable and never reused
+    size: int  # octets of the stored message: exactly what RETR sends before byte-stuffing
+
+
+class IMessageContent(Interface):
+    """The octets of one opened message, read front to back."""
+
+    def read(size: int) -> Deferred[bytes]:
+        """Up to ``size`` further octets; ``b""`` once the message has been read to its end."""
+
+    def close() -> None:
+        """Release the message; calling it again does nothing."""
+
+
+class IMailbox(Interface):
+    """One mailbox opened for a POP3 session: locked, with a fixed snapshot of its messages.
+
+    The snapshot is taken when the mailbox is opened; mail arriving later belongs to the next
+    session and nothing this session does touches it.
+    """
+
+    messages: Sequence[MessageInfo]  # the snapshot, oldest first; POP3 numbers are index + 1
+
+    def open_message(index: int) -> Deferred[IMessageContent]:
+        """Open message ``index`` of the snapshot; fails with :class:`MessageGone` if another
+        program removed it, ``OSError`` for other trouble."""
+
+    def commit(deleted: Sequence[int], seen: Sequence[int]) -> Deferred[None]:
+        """Apply the end of a session (RFC 1939 §6): remove the ``deleted`` messages and mark
+        the ``seen`` ones as read, durably. Fires once done; fails with ``OSError`` if some
+        deleted message could not be removed (after removing all the others)."""
+
+    def close() -> None:
+        """Release the lock without changing anything; calling it again does nothing."""
+
+
+class IMailboxStore(Interface):
+    """Where POP3 finds the mailboxes that :class:`IMailStore` delivers into."""
+
+    def open_mailbox(address: str) -> Deferred[IMailbox]:
+        """Lock the mailbox of a normalised address and take a snapshot of its messages.
+
+        Fails with :class:`MailboxInUse` when another session holds it, with
+        :class:`MailboxUnavailable` for a permanent problem and ``OSError`` for the rest.
+        """

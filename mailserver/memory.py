@@ -8,18 +8,31 @@ backends by sharing their code (the user database twin uses :func:`mailserver.us
 from __future__ import annotations
 
 import hmac
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from mailserver.address import Mailbox, normalize, normalize_domain
-from mailserver.interfaces import IMailStore, IUserDatabase, RecipientLookup
+from mailserver.interfaces import (
+    IMailbox,
+    IMailboxStore,
+    IMailStore,
+    IMessageContent,
+    IUserDatabase,
+    MailboxInUse,
+    MailboxUnavailable,
+    MessageGone,
+    MessageInfo,
+    RecipientLookup,
+)
 from mailserver.spool import Spool
 from mailserver.userdb import parse_login, resolve
 
-__all__ = ["MemoryMailStore", "MemoryUserDatabase"]
+__all__ = ["MemoryMailStore", "MemoryMailboxStore", "MemoryUserDatabase"]
 
 
 def _alias_key(source: str) -> str:
@@ -203,3 +216,100 @@ class MemoryMailStore:
             self.mailboxes.setdefault(mailbox, []).append(data)
         self.names.append(name)
         return defer.succeed(name)
+
+
+# --- Mailboxes for POP3 ---------------------------------------------------------------------
+
+
+@dataclass
+class MemoryMessage:
+    uid: str
+    data: bytes
+    seen: bool = False
+
+
+@implementer(IMessageContent)
+class MemoryContent:
+    """The bytes of one message, handed out in slices."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._position = 0
+        self.closed = False
+
+    def read(self, size: int) -> Deferred[bytes]:
+        chunk = self._data[self._position : self._position + size]
+        self._position += len(chunk)
+        return defer.succeed(chunk)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@implementer(IMailbox)
+class MemoryMailbox:
+    """A locked mailbox of a :class:`MemoryMailboxStore` and its snapshot."""
+
+    def __init__(self, store: MemoryMailboxStore, address: str) -> None:
+        self._store = store
+        self.address = address
+        self._snapshot = list(store.mailboxes.get(address, []))
+        self.messages: Sequence[MessageInfo] = [
+            MessageInfo(message.uid, len(message.data)) for message in self._snapshot
+        ]
+        self.closed = False
+        self.opened: list[MemoryContent] = []
+
+    def open_message(self, index: int) -> Deferred[IMessageContent]:
+        message = self._snapshot[index]
+        if not any(stored is message for stored in self._store.mailboxes.get(self.address, [])):
+            return defer.fail(MessageGone(message.uid))
+        content = MemoryContent(message.data)
+        self.opened.append(content)
+        return defer.succeed(content)
+
+    def commit(self, deleted: Sequence[int], seen: Sequence[int]) -> Deferred[None]:
+        if self._store.fail_commits:
+            return defer.fail(OSError("commit refused by the test"))
+        for index in seen:
+            self._snapshot[index].seen = True
+        doomed = {id(self._snapshot[index]) for index in deleted}
+        messages = self._store.mailboxes.get(self.address, [])
+        messages[:] = [message for message in messages if id(message) not in doomed]
+        return defer.succeed(None)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._store.locked.discard(self.address)
+
+
+@implementer(IMailboxStore)
+class MemoryMailboxStore:
+    """Mailboxes as lists of messages; one session at a time per mailbox, like the Maildir
+    store's lock::
+
+        store = MemoryMailboxStore()
+        store.deliver_bytes("bob@example.org", b"Subject: hi\\r\\n\\r\\nhello\\r\\n")
+    """
+
+    def __init__(self) -> None:
+        self.mailboxes: dict[str, list[MemoryMessage]] = {}
+        self.locked: set[str] = set()
+        self.unavailable: set[str] = set()  # addresses whose mailbox cannot be opened for good
+        self.fail_commits = False
+        self._counter = itertools.count(1)
+
+    def deliver_bytes(self, address: str, data: bytes) -> str:
+        """Add a message; returns its unique-id."""
+        uid = f"uid{next(self._counter)}"
+        self.mailboxes.setdefault(address, []).append(MemoryMessage(uid, data))
+        return uid
+
+    def open_mailbox(self, address: str) -> Deferred[IMailbox]:
+        if address in self.unavailable:
+            return defer.fail(MailboxUnavailable(address))
+        if address in self.locked:
+            return defer.fail(MailboxInUse(address))
+        self.locked.add(address)
+        return defer.succeed(MemoryMailbox(self, address))

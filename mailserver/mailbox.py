@@ -1,0 +1,417 @@
+"""The reading side of the Maildir store, for POP3: locking, listing, reading, committing.
+
+**Lock.** Opening a mailbox takes ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``<maildir>/.pop3.lock``
+for the whole session. flock locks belong to an open file, so the lock holds against a second
+session in this process and against any other process (a second server on the same data
+directory); the kernel drops it when the process dies, so a crash leaves no stale lock. The
+lock file itself is never removed (removing it would let two sessions lock two different
+files).
+
+**Listing.** ``new/`` and ``cur/`` are read with ``os.scandir`` and no ``stat`` per message:
+the size is the ``,S=<size>`` field of the unique name (our delivery writes it; a file without
+it is stat'ed). Files are stored with CRLF line endings exactly as received, so that size is
+what RETR sends (RFC 1939 §11). Messages are numbered oldest first by the time in their name.
+A listing is cached per mailbox against the ``st_mtime_ns`` and inode of ``new/`` and
+``cur/``: any file created, renamed or removed there changes the directory's mtime. Because
+timestamps have a coarse granularity (two changes within one tick can leave the same mtime),
+a listing is cached only when both directories were last modified more than
+:data:`MTIME_SETTLE` seconds before the scan began.
+
+**UIDL.** The unique-id of a message is its Maildir unique name: the file name up to the
+``:2,`` info part, so it is the same in ``new/`` and ``cur/`` whatever the flags, across
+sessions and restarts, and never reused (Maildir unique names are unique by construction).
+A name that is not a valid RFC 1939 §7 unique-id (1 to 70 characters in 0x21-0x7E: a very
+long host name, say) is replaced by a digest of it, which is just as stable.
+
+**End of session.** Only QUIT changes the mailbox (RFC 1939 §6): the deleted messages are
+unlinked, and the messages retrieved with RETR and kept are given the Maildir "seen" flag by
+moving them to ``cur/<unique>:2,S`` (other flags kept), the way every Maildir reader (Dovecot,
+mutt, notmuch) understands. Moving at QUIT rather than at RETR means a session that drops
+changes nothing at all, and that the moves are batched: a session that downloads 2,000
+messages pays for one fsync per directory instead of two fsyncs per message. The move is a
+hard link into ``cur/`` then an unlink from ``new/`` (the primitives :mod:`mailserver.durable`
+offers without an fsync each); a crash between the two leaves both names, which the listing
+folds into one message (the ``cur/`` one). Messages that were never retrieved stay in
+``new/``. Only messages of the session's snapshot are touched: mail that arrived during the
+session waits in ``new/`` for the next one.
+
+**Threads.** Locking, listing and committing block and run on the thread pool. Reading a
+message is done in the reactor thread in chunks of at most 64 KiB, like Twisted's
+``FileSender``: a read from a local file costs far less than a thread hop per chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from mailserver import durable
+from mailserver.interfaces import (
+    IMailbox,
+    IMailboxStore,
+    IMessageContent,
+    MailboxInUse,
+    MailboxUnavailable,
+    MessageGone,
+    MessageInfo,
+)
+from mailserver.maildir import create_maildir, maildir_path
+
+log = Logger()
+
+LOCK_FILE = ".pop3.lock"
+MTIME_SETTLE = 2.0  # seconds a directory must have been unchanged for its listing to be cached
+MAX_CACHED_MESSAGES = 1_000_000  # entries over all cached listings, before the oldest go
+SEEN_FLAG = "S"
+_INFO_SEPARATOR = ":2,"
+_UID_CHARACTERS = re.compile(r"[\x21-\x7e]{1,70}")
+_TIME_PREFIX = re.compile(r"(\d+)\.M(\d+)")
+_LEADING_DIGITS = re.compile(r"\d+")
+
+
+# --- Names ----------------------------------------------------------------------------------
+
+
+def unique_name(filename: str) -> str:
+    """The Maildir unique name of a file in ``new/`` or ``cur/``: the part before ``:``."""
+    return filename.partition(":")[0]
+
+
+def uid_for(unique: str) -> str:
+    """The RFC 1939 §7 unique-id for a Maildir unique name."""
+    if _UID_CHARACTERS.fullmatch(unique):
+        return unique
+    # Not usable as is: a digest is as stable, 1-70 characters of 0x21-0x7E, and "~" marks
+    # it, as no unique name of ours starts with one.
+    return "~" + hashlib.sha256(unique.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def size_from_name(unique: str) -> int | None:
+    """The ``S=<size>`` field of a unique name (``<base>,S=<size>[,...]``), if there is one."""
+    for field in unique.split(",")[1:]:
+        if field.startswith("S=") and field[2:].isdigit():
+            return int(field[2:])
+    return None
+
+
+def seen_name(filename: str) -> str:
+    """The ``cur/`` name of a message with the seen flag added to its existing flags."""
+    unique, separator, info = filename.partition(":")
+    flags = info[2:] if separator and info.startswith("2,") else ""
+    if SEEN_FLAG in flags:
+        return filename
+    # Maildir flags are kept in ASCII order.
+    return f"{unique}{_INFO_SEPARATOR}{''.join(sorted(flags + SEEN_FLAG))}"
+
+
+def _order_key(unique: str) -> tuple[int, int, str]:
+    """Delivery order: seconds and microseconds of the name, then the name itself."""
+    match = _TIME_PREFIX.match(unique)
+    if match:
+        return int(match[1]), int(match[2]), unique
+    match = _LEADING_DIGITS.match(unique)
+    return (int(match[0]) if match else 0), 0, unique
+
+
+# --- Listing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message file: where it was when listed, and what POP3 says about it."""
+
+    unique: str
+    subdir: str  # "new" or "cur"
+    filename: str
+    info: MessageInfo
+
+
+def _scan_directory(directory: Path, subdir: str, found: dict[str, StoredMessage]) -> None:
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                unique = unique_name(name)
+                size = size_from_name(unique)
+                if size is None:
+                    size = entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue  # moved or removed by another reader while we looked
+            if subdir == "new" and unique in found:
+                continue  # a crash mid-move left both names: the cur/ one counts
+            found[unique] = StoredMessage(unique, subdir, name, MessageInfo(uid_for(unique), size))
+
+
+def scan_maildir(path: Path) -> list[StoredMessage]:
+    """Every message in ``cur/`` and ``new/``, oldest first (blocking)."""
+    found: dict[str, StoredMessage] = {}
+    _scan_directory(path / "cur", "cur", found)
+    _scan_directory(path / "new", "new", found)
+    return sorted(found.values(), key=lambda message: _order_key(message.unique))
+
+
+_DirectoryKey = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A Maildir's messages, oldest first, and what POP3 lists for each (shared, immutable)."""
+
+    stored: tuple[StoredMessage, ...]
+    infos: tuple[MessageInfo, ...]
+
+    @classmethod
+    def of(cls, stored: Iterable[StoredMessage]) -> Listing:
+        messages = tuple(stored)
+        return cls(messages, tuple(message.info for message in messages))
+
+
+@dataclass(frozen=True)
+class _CachedListing:
+    key: _DirectoryKey
+    listing: Listing
+
+
+class ListingCache:
+    """Listings of mailboxes, valid while ``new/`` and ``cur/`` keep their mtimes (thread-safe).
+
+    Bounded by the number of messages held over all mailboxes; the least recently used
+    listings are dropped first.
+    """
+
+    def __init__(
+        self, max_messages: int = MAX_CACHED_MESSAGES, settle: float = MTIME_SETTLE
+    ) -> None:
+        self._max_messages = max_messages
+        self._settle = settle
+        self._listings: OrderedDict[Path, _CachedListing] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def listing(self, path: Path) -> Listing:
+        """The messages of the Maildir at ``path``, from the cache when it is still valid."""
+        started = time.time()
+        new = os.stat(path / "new")
+        cur = os.stat(path / "cur")
+        key = (new.st_mtime_ns, new.st_ino, cur.st_mtime_ns, cur.st_ino)
+        with self._lock:
+            cached = self._listings.get(path)
+            if cached is not None and cached.key == key:
+                self._listings.move_to_end(path)
+                return cached.listing
+        listing = Listing.of(scan_maildir(path))
+        # Trust the key only if no later change could leave the same mtime: the directories
+        # must have been quiet for longer than any timestamp granularity before we looked.
+        if max(new.st_mtime, cur.st_mtime) < started - self._settle:
+            self._store(path, _CachedListing(key, listing))
+        return listing
+
+    def _store(self, path: Path, listing: _CachedListing) -> None:
+        size = len(listing.listing.stored)
+        if size > self._max_messages:
+            return
+        with self._lock:
+            old = self._listings.pop(path, None)
+            if old is not None:
+                self._held -= len(old.listing.stored)
+            self._listings[path] = listing
+            self._held += size
+            while self._held > self._max_messages:
+                _, dropped = self._listings.popitem(last=False)
+                self._held -= len(dropped.listing.stored)
+
+
+# --- The store and its mailboxes ----------------------------------------------------------------
+
+
+@implementer(IMailboxStore)
+class MaildirMailboxStore:
+    """Opens the Maildirs under ``data_dir`` (as :class:`mailserver.maildir.MaildirStore`
+    delivers them) for POP3 sessions."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        reactor: IReactorFromThreads,
+        threadpool: ThreadPool,
+        cache: ListingCache | None = None,
+    ) -> None:
+        self._data_dir = data_dir
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._cache = cache if cache is not None else ListingCache()
+
+    def open_mailbox(self, address: str) -> Deferred[IMailbox]:
+        return deferToThreadPool(
+            self._reactor, self._threadpool, self.open_mailbox_blocking, address
+        )
+
+    def open_mailbox_blocking(self, address: str) -> MaildirMailbox:
+        """:meth:`open_mailbox`, in the calling thread."""
+        try:
+            path = maildir_path(self._data_dir, address)
+        except ValueError as error:
+            raise MailboxUnavailable(str(error)) from error
+        create_maildir(path)  # a user whose Maildir is missing has an empty mailbox
+        lock_fd = _lock(path / LOCK_FILE)
+        try:
+            listing = self._cache.listing(path)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return MaildirMailbox(path, lock_fd, listing, self._reactor, self._threadpool)
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(fd)
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise MailboxInUse(str(path.parent)) from error
+        raise
+    return fd
+
+
+@implementer(IMessageContent)
+class FileContent:
+    """A message file read in the calling thread (see the module docstring)."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file: BinaryIO | None = file
+
+    def read(self, size: int) -> Deferred[bytes]:
+        if self._file is None:
+            return defer.succeed(b"")
+        try:
+            return defer.succeed(self._file.read(size))
+        except OSError:
+            return defer.fail()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@implementer(IMailbox)
+class MaildirMailbox:
+    """One locked Maildir and the snapshot its session works on."""
+
+    def __init__(
+        self,
+        path: Path,
+        lock_fd: int,
+        listing: Listing,
+        reactor: IReactorFromThreads,
+        threadpool: ThreadPool,
+    ) -> None:
+        self.path = path
+        self._lock_fd: int | None = lock_fd
+        self._stored = listing.stored
+        self.messages: Sequence[MessageInfo] = listing.infos
+        self._reactor = reactor
+        self._threadpool = threadpool
+
+    def open_message(self, index: int) -> Deferred[IMessageContent]:
+        try:
+            path = self._locate(self._stored[index])
+            if path is None:
+                raise MessageGone(self._stored[index].unique)
+            return defer.succeed(FileContent(path.open("rb")))
+        except FileNotFoundError:
+            return defer.fail(MessageGone(self._stored[index].unique))
+        except (OSError, MessageGone):
+            return defer.fail()
+
+    def commit(self, deleted: Sequence[int], seen: Sequence[int]) -> Deferred[None]:
+        return deferToThreadPool(
+            self._reactor, self._threadpool, self.commit_blocking, deleted, seen
+        )
+
+    def commit_blocking(self, deleted: Sequence[int], seen: Sequence[int]) -> None:
+        """:meth:`commit`, in the calling thread."""
+        touched: set[Path] = set()
+        failed: list[str] = []
+        for index in deleted:
+            message = self._stored[index]
+            path = self._locate(message)
+            if path is None:
+                continue  # already gone: what DELE asked for
+            durable.remove_quietly(path)
+            if os.path.lexists(path):
+                failed.append(message.unique)
+            touched.add(path.parent)
+        for index in seen:
+            with contextlib.suppress(OSError):
+                moved = self._mark_seen(self._stored[index])
+                touched.update(moved)
+        durable.fsync_directories(sorted(touched))
+        if failed:
+            raise OSError(errno.EIO, f"could not remove {len(failed)} messages: {failed[:5]}")
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the last descriptor releases the flock
+            self._lock_fd = None
+
+    def _locate(self, message: StoredMessage) -> Path | None:
+        """Where a message of the snapshot is now: where it was listed, or in ``cur/`` under
+        other flags if another Maildir reader moved it meanwhile; None if it is gone."""
+        listed = self.path / message.subdir / message.filename
+        if os.path.lexists(listed):
+            return listed
+        cur = self.path / "cur"
+        for candidate in (message.unique, *_possible_flags(message.unique)):
+            if os.path.lexists(cur / candidate):
+                return cur / candidate
+        with os.scandir(cur) as entries:
+            for entry in entries:
+                if unique_name(entry.name) == message.unique:
+                    return cur / entry.name
+        return None
+
+    def _mark_seen(self, message: StoredMessage) -> Iterable[Path]:
+        """Give a message the seen flag in ``cur/``; the directories it changed."""
+        source = self._locate(message)
+        if source is None:
+            return ()
+        target = self.path / "cur" / seen_name(source.name)
+        if target == source:
+            return ()
+        try:
+            durable.link(source, target)
+        except FileExistsError:
+            if not os.path.samefile(source, target):
+                return ()
+        durable.remove_quietly(source)
+        return (target.parent, source.parent)
+
+
+def _possible_flags(unique: str) -> Iterable[str]:
+    """The usual ``cur/`` names of a message, tried before a scan of the whole directory."""
+    return (f"{unique}:2,", f"{unique}:2,S")
