@@ -298,6 +298,7 @@ class MemoryMailboxStore:
         self.locked: set[str] = set()
         self.unavailable: set[str] = set()  # addresses whose mailbox cannot be opened for good
         self.fail_commits = False
+        self.opened: list[MemoryMailbox] = []  # every mailbox handed out, for inspection
         self._counter = itertools.count(1)
 
     def deliver_bytes(self, address: str, data: bytes) -> str:
@@ -312,4 +313,6 @@ class MemoryMailboxStore:
         if address in self.locked:
             return defer.fail(MailboxInUse(address))
         self.locked.add(address)
-        return defer.succeed(MemoryMailbox(self, address))
+        mailbox = MemoryMailbox(self, address)
+        self.opened.append(mailbox)
+        return defer.succeed(mailbox)

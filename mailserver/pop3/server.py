@@ -1,0 +1,569 @@
+"""Twisted glue for the POP3 server: bytes in, session outcomes carried out, replies out.
+
+The protocol owns the connection's byte stream and nothing else. It splits lines (never
+letting one grow past the session's limit: 255 octets for a command, RFC 2449 §4), runs the
+work the session asks for (throttled credential checks, opening the mailbox, streaming a
+message, applying the deletions) and keeps pipelined commands waiting, with reading paused
+once a little has piled up, until each one is answered, so replies go out in command order
+(RFC 2449 §6.6). Every reply is written whole in one ``write``, multi-line listings too, and
+Nagle's algorithm is off, so a reply leaves at once.
+
+RETR and TOP stream the message through :class:`MessageStreamer`, a push producer: a message
+that fits in one chunk goes out in a single write together with its status line and the
+terminating ".", a larger one chunk by chunk as the client reads, so memory stays flat
+whatever the message size and however slow the reader.
+
+A dropped connection, an idle timeout or a crash never reaches the UPDATE state: the mailbox
+is released without change (RFC 1939 §6). Only QUIT applies deletions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Callable
+
+from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailserver.authlimit import LoginThrottle
+from mailserver.interfaces import (
+    IMailbox,
+    IMailboxStore,
+    IMessageContent,
+    IUserDatabase,
+    MailboxInUse,
+    MailboxUnavailable,
+    MessageGone,
+)
+from mailserver.limits import Admission, ConnectionLimiter
+from mailserver.pop3 import replies
+from mailserver.pop3.replies import Reply
+from mailserver.pop3.session import (
+    Authenticate,
+    Close,
+    Commit,
+    OpenMailbox,
+    Outcome,
+    POP3Session,
+    SendMessage,
+    SessionPolicy,
+)
+from mailserver.pop3.stuffing import Encoder, encoder_for
+
+log = Logger()
+
+CHUNK_SIZE = 64 * 1024  # octets read from a message file at a time
+PAUSE_BACKLOG = 64 * 1024  # pipelined input held while waiting, before reading pauses
+PLAINTEXT_POLICIES = ("never", "loopback", "always")
+
+
+class StreamStopped(Exception):
+    """The connection went away while a message was being sent."""
+
+
+def is_loopback(peer: object) -> bool:
+    """Whether a peer address is this machine: 127.0.0.0/8, ::1 (also IPv4-mapped), a UNIX
+    socket."""
+    if isinstance(peer, UNIXAddress):
+        return True
+    host = getattr(peer, "host", None)
+    if host is None:
+        return False
+    try:
+        address = ipaddress.ip_address(str(host).partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def plaintext_allowed(policy: str, peer: object) -> bool:
+    """Whether USER/PASS and SASL PLAIN may be used on an unencrypted connection from
+    ``peer`` under the configured ``plaintext_auth`` policy."""
+    if policy == "always":
+        return True
+    if policy == "loopback":
+        return is_loopback(peer)
+    return False
+
+
+class POP3ServerFactory(Factory):
+    """Everything the POP3 listeners share: policy, storage, limits, throttle, clock."""
+
+    def __init__(
+        self,
+        policy: SessionPolicy,
+        idle_timeout: float,
+        plaintext_auth: str,
+        users: IUserDatabase,
+        store: IMailboxStore,
+        limiter: ConnectionLimiter,
+        throttle: LoginThrottle,
+        reactor: IReactorTime,
+    ) -> None:
+        if plaintext_auth not in PLAINTEXT_POLICIES:
+            raise ValueError(f"plaintext_auth must be one of {PLAINTEXT_POLICIES}")
+        self.policy = policy
+        self.idle_timeout = idle_timeout
+        self.plaintext_auth = plaintext_auth
+        self.users = users
+        self.store = store
+        self.limiter = limiter
+        self.throttle = throttle
+        self.reactor = reactor
+
+    def buildProtocol(self, addr: object) -> POP3ServerProtocol:
+        return POP3ServerProtocol(self)
+
+
+@implementer(IPushProducer)
+class MessageStreamer:
+    """Sends one message, encoded for a multi-line response, to ``consumer``.
+
+    ``header`` (the "+OK" line) goes out with the first chunk. Chunks are written while the
+    consumer accepts them; the producer is registered only for a message larger than one
+    chunk. :meth:`start` returns a Deferred that fires once the terminating "." is written,
+    or fails with the read error, or with :class:`StreamStopped` if the consumer stops it.
+    """
+
+    def __init__(
+        self,
+        consumer: IConsumer,
+        content: IMessageContent,
+        encoder: Encoder,
+        header: bytes,
+        on_progress: Callable[[], None],
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        self._consumer = consumer
+        self._content = content
+        self._encoder = encoder
+        self._on_progress = on_progress
+        self._chunk_size = chunk_size
+        self._pending = [header]
+        self._pending_size = len(header)
+        self._done: Deferred[None] = Deferred()
+        self._registered = False
+        self._paused = False
+        self._reading = False
+        self._pumping = False
+        self._finished = False
+
+    def start(self) -> Deferred[None]:
+        self._pump()
+        return self._done
+
+    # IPushProducer, called by the consumer.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._on_progress()
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self._finish(Failure(StreamStopped()))
+
+    # The reading loop.
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return  # a read that fired at once is handled by the loop below
+        self._pumping = True
+        try:
+            while not (self._paused or self._reading or self._finished):
+                self._reading = True
+                self._content.read(self._chunk_size).addCallbacks(self._received, self._failed)
+        finally:
+            self._pumping = False
+
+    def _received(self, data: bytes) -> None:
+        self._reading = False
+        if self._finished:
+            return
+        if data:
+            encoded = self._encoder.feed(data)
+            self._pending.append(encoded)
+            self._pending_size += len(encoded)
+        if not data or self._encoder.done:
+            self._pending.append(self._encoder.finish())
+            self._flush()
+            self._finish(None)
+            return
+        if self._pending_size >= self._chunk_size:
+            if not self._registered:
+                self._registered = True
+                self._consumer.registerProducer(self, True)
+            self._flush()  # the consumer may pause us from inside this write
+        self._pump()
+
+    def _failed(self, failure: Failure) -> None:
+        self._reading = False
+        self._finish(failure)
+
+    def _flush(self) -> None:
+        data = b"".join(self._pending)
+        self._pending = []
+        self._pending_size = 0
+        self._consumer.write(data)
+        self._on_progress()
+
+    def _finish(self, failure: Failure | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._content.close()
+        if self._registered:
+            self._registered = False
+            self._consumer.unregisterProducer()
+        if failure is None:
+            self._done.callback(None)
+        else:
+            self._done.errback(failure)
+
+
+class POP3ServerProtocol(Protocol):
+    def __init__(self, factory: POP3ServerFactory) -> None:
+        self.factory = factory
+        self._buffer = bytearray()
+        self._waiting = False  # for work the session asked for; input waits meanwhile
+        self._processing = False  # inside the input loop
+        self._paused = False
+        self._closing = False
+        self._discarding_line = False
+        self._admitted = False
+        self._client = "unknown"
+        self._timer: IDelayedCall | None = None
+        self._last_activity = 0.0
+        self._throttle_call: IDelayedCall | None = None
+        self._mailbox: IMailbox | None = None
+        self._committing = False
+        self._streamer: MessageStreamer | None = None
+        self.session: POP3Session | None = None
+
+    # -- connection life ----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self._client = str(getattr(peer, "host", "local"))
+        admission = self.factory.limiter.admit(self._client)
+        if admission is not Admission.ADMITTED:
+            refusal = (
+                replies.TOO_MANY_CONNECTIONS
+                if admission is Admission.TOO_MANY_FROM_CLIENT
+                else replies.SERVER_BUSY
+            )
+            self._close_with(refusal)
+            return
+        self._admitted = True
+        _set_no_delay(self.transport)
+        self.session = POP3Session(
+            self.factory.policy, plaintext_allowed(self.factory.plaintext_auth, peer)
+        )
+        self._send(self.session.greeting())
+        self._touch()
+        self._timer = self.factory.reactor.callLater(self.factory.idle_timeout, self._idle_check)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        for call in (self._timer, self._throttle_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._throttle_call = None
+        if self._admitted:
+            self.factory.limiter.release(self._client)
+            self._admitted = False
+        if self._streamer is not None:
+            self._streamer.stopProducing()
+            self._streamer = None
+        if self._mailbox is not None and not self._committing:
+            # RFC 1939 §6: without QUIT there is no UPDATE state; nothing is removed.
+            self._release_mailbox()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._buffer += data
+        self._process()
+
+    # -- the input loop -----------------------------------------------------------------
+
+    def _process(self) -> None:
+        if self._processing:
+            return  # work that finished at once: the loop below goes on with the next line
+        self._processing = True
+        try:
+            while self._buffer and not self._waiting and not self._closing:
+                if not self._next_line():
+                    break
+        finally:
+            self._processing = False
+        self._apply_backpressure()
+
+    def _next_line(self) -> bool:
+        """Handle one complete line; False when none is complete yet."""
+        buffer = self._buffer
+        end = buffer.find(b"\n")
+        if end < 0:
+            if len(buffer) >= self._session.line_limit:
+                # RFC 2449 §4: overlong. Refuse it now, then drop its bytes until it ends.
+                del buffer[:]
+                if not self._discarding_line:
+                    self._discarding_line = True
+                    self._perform(self._session.line_too_long())
+            return False
+        line = bytes(buffer[:end])
+        del buffer[: end + 1]
+        if self._discarding_line:
+            self._discarding_line = False
+            return True
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        self._touch()
+        self._perform(self._session.handle_line(line))
+        return True
+
+    # -- carrying out outcomes ------------------------------------------------------------
+
+    def _perform(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Reply):
+            self._send(outcome)
+        elif isinstance(outcome, SendMessage):
+            self._send_message(outcome)
+        elif isinstance(outcome, Close):
+            self._close_with(outcome.reply)
+        elif isinstance(outcome, Authenticate):
+            self._authenticate(outcome)
+        elif isinstance(outcome, OpenMailbox):
+            self._open_mailbox(outcome)
+        elif isinstance(outcome, Commit):
+            self._commit(outcome)
+
+    def _authenticate(self, action: Authenticate) -> None:
+        throttle = self.factory.throttle
+        client = self._client
+        wait = throttle.reserve(client)
+        ready: Deferred[None]
+        if wait > 0:
+            ready = Deferred()
+            self._throttle_call = self.factory.reactor.callLater(wait, ready.callback, None)
+        else:
+            ready = succeed(None)
+
+        def check(_: None) -> Deferred[str | None]:
+            self._throttle_call = None
+            return self.factory.users.authenticate(action.login, action.password)
+
+        def checked(address: str | None) -> Outcome:
+            if address is None:
+                throttle.failed(client)
+                log.info(
+                    "pop3 login failed login={login} client={client} mechanism={mechanism}",
+                    pop3_event="login-failed",
+                    login=action.login,
+                    client=client,
+                    mechanism=action.mechanism,
+                )
+            else:
+                throttle.succeeded(client)
+            return self._session.authenticated(address)
+
+        def unavailable(failure: Failure) -> Outcome:
+            log.failure("checking POP3 credentials failed", failure)
+            return self._session.authentication_unavailable()
+
+        self._wait_for(ready.addCallback(check).addCallbacks(checked, unavailable))
+
+    def _open_mailbox(self, action: OpenMailbox) -> None:
+        def opened(mailbox: IMailbox) -> Outcome:
+            if self._closing:
+                mailbox.close()  # the client left while we were opening it
+                return replies.BYE
+            self._mailbox = mailbox
+            messages = mailbox.messages
+            log.info(
+                "pop3 login address={address} client={client} messages={count}",
+                pop3_event="login",
+                address=action.address,
+                client=self._client,
+                count=len(messages),
+            )
+            return self._session.mailbox_opened(action.address, messages)
+
+        def failed(failure: Failure) -> Outcome:
+            if failure.check(MailboxInUse):
+                log.info(
+                    "pop3 mailbox in use address={address} client={client}",
+                    pop3_event="in-use",
+                    address=action.address,
+                    client=self._client,
+                )
+                return self._session.mailbox_in_use()
+            log.failure("opening the mailbox of {address} failed", failure, address=action.address)
+            return self._session.mailbox_unavailable(
+                permanent=failure.check(MailboxUnavailable) is not None
+            )
+
+        self._wait_for(self.factory.store.open_mailbox(action.address).addCallbacks(opened, failed))
+
+    def _send_message(self, action: SendMessage) -> None:
+        mailbox = self._mailbox
+        assert mailbox is not None
+        self._waiting = True
+
+        def opened(content: IMessageContent) -> None:
+            if self._closing:
+                content.close()
+                return
+            streamer = MessageStreamer(
+                self.transport,  # type: ignore[arg-type]
+                content,
+                encoder_for(action.top_lines),
+                action.reply.to_bytes(),
+                on_progress=self._touch,
+            )
+            self._streamer = streamer
+            streamer.start().addCallbacks(sent, broken)
+
+        def sent(_: None) -> None:
+            self._streamer = None
+            self._resume(None)
+
+        def broken(failure: Failure) -> None:
+            self._streamer = None
+            if self._closing:
+                return
+            # The status line is out: the only honest way to stop is to hang up.
+            log.failure("reading message {index} failed mid-stream", failure, index=action.index)
+            self._abort()
+
+        def not_opened(failure: Failure) -> None:
+            gone = failure.check(MessageGone) is not None
+            if not gone:
+                log.failure("opening message {index} failed", failure, index=action.index)
+            self._resume(self._session.message_unavailable(action.index, gone))
+
+        mailbox.open_message(action.index).addCallbacks(opened, not_opened).addErrback(self._bug)
+
+    def _commit(self, action: Commit) -> None:
+        mailbox = self._mailbox
+        assert mailbox is not None
+        self._committing = True
+        client = self._client
+        address = self._session.address
+
+        def done(_: None) -> Outcome:
+            self._release_mailbox()
+            log.info(
+                "pop3 logout address={address} client={client} deleted={deleted} seen={seen}",
+                pop3_event="logout",
+                address=address,
+                client=client,
+                deleted=len(action.deleted),
+                seen=len(action.seen),
+            )
+            return self._session.committed()
+
+        def failed(failure: Failure) -> Outcome:
+            self._release_mailbox()
+            log.failure("applying the deletions of {address} failed", failure, address=address)
+            return self._session.commit_failed()
+
+        # RFC 1939 §6: the client said QUIT, so the deletions happen even if it leaves now.
+        self._wait_for(mailbox.commit(action.deleted, action.seen).addCallbacks(done, failed))
+
+    def _release_mailbox(self) -> None:
+        mailbox = self._mailbox
+        self._mailbox = None
+        self._committing = False
+        if mailbox is not None:
+            mailbox.close()
+
+    def _wait_for(self, work: Deferred[Outcome]) -> None:
+        """Hold the input loop until ``work`` gives the next outcome, then carry it out."""
+        self._waiting = True
+        work.addCallback(self._resume).addErrback(self._bug)
+
+    def _resume(self, outcome: Outcome | None) -> None:
+        self._waiting = False
+        if self._closing:
+            return
+        self._touch()
+        if outcome is not None:
+            self._perform(outcome)
+        self._process()
+
+    def _bug(self, failure: Failure) -> None:
+        log.failure("unexpected error in POP3 session", failure)
+        self._waiting = False
+        if not self._closing:
+            self._close_with(replies.LOCAL_ERROR)
+
+    # -- output, timers, flow control ------------------------------------------------------
+
+    @property
+    def _session(self) -> POP3Session:
+        assert self.session is not None
+        return self.session
+
+    def _send(self, reply: Reply) -> None:
+        self.transport.write(reply.to_bytes())  # type: ignore[union-attr]
+
+    def _close_with(self, reply: Reply) -> None:
+        self._send(reply)
+        self._closing = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _abort(self) -> None:
+        self._closing = True
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _apply_backpressure(self) -> None:
+        should_pause = self._waiting and len(self._buffer) > PAUSE_BACKLOG
+        if should_pause and not self._paused:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self._paused = True
+        elif not should_pause and self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _touch(self) -> None:
+        """Note activity: a command arrived, or a message made progress."""
+        self._last_activity = self.factory.reactor.seconds()
+
+    def _idle_check(self) -> None:
+        """RFC 1939 §3 autologout: after ``idle_timeout`` without activity, close without
+        entering the UPDATE state. The timer is re-armed for the time left rather than reset
+        on every command, which keeps the per-command cost to reading the clock."""
+        self._timer = None
+        if self._closing:
+            return
+        reactor = self.factory.reactor
+        idle = reactor.seconds() - self._last_activity
+        busy = self._waiting and self._streamer is None  # our own work, such as a login delay
+        if idle < self.factory.idle_timeout or busy:
+            remaining = self.factory.idle_timeout - idle if not busy else self.factory.idle_timeout
+            self._timer = reactor.callLater(max(remaining, 0.001), self._idle_check)
+            return
+        log.info("pop3 autologout client={client}", pop3_event="timeout", client=self._client)
+        if self._streamer is not None:
+            self._abort()  # in the middle of a message: no reply can be sent
+        else:
+            self._close_with(replies.TIMEOUT)
+
+
+def _set_no_delay(transport: object) -> None:
+    """Replies must leave at once, not wait for the client's delayed ACK."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        with contextlib.suppress(OSError):
+            set_no_delay(True)
