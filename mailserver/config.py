@@ -10,7 +10,6 @@ fixed in one round trip instead of one error at a time. Each problem is one line
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import json
 import math
@@ -21,7 +20,6 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
 
@@ -103,6 +101,8 @@ def _expected(what: str, value: object) -> _Invalid:
 
 def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """A ``(did you mean "x"?)`` suffix when ``word`` looks like a typo of a candidate."""
+    import difflib  # only needed to explain a mistake
+
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f' (did you mean "{matches[0]}"?)' if matches else ""
 
@@ -170,7 +170,8 @@ def _size(value: object) -> int:
         and (match := _SIZE_RE.fullmatch(value))
         and match[2].lower() in _SIZE_UNITS
     ):
-        size = int(Decimal(match[1]) * _SIZE_UNITS[match[2].lower()])
+        # round(): a float product such as 4.35 * 10**6 may fall a hair short of the integer.
+        size = round(float(match[1]) * _SIZE_UNITS[match[2].lower()])
     else:
         raise _expected('a size: bytes, or a string like "50 MiB", "512KiB", "10M"', value)
     if size <= 0:
