@@ -36,6 +36,7 @@ from mailserver.smtp.session import (
     ReceiveContent,
     SessionPolicy,
     SMTPSession,
+    Transaction,
     refusal,
 )
 from mailserver.spool import Spool
@@ -108,6 +109,7 @@ class SMTPServerProtocol(Protocol):
         self._buffer = bytearray()
         self._content: _Content | None = None
         self._waiting = False
+        self._processing = False
         self._paused = False
         self._closing = False
         self._discarding_line = False
@@ -166,16 +168,39 @@ class SMTPServerProtocol(Protocol):
     # -- the input loop -----------------------------------------------------------------
 
     def _process(self) -> None:
-        while self._buffer and not self._waiting and not self._closing:
-            content = self._content
-            if content is None or not content.receiving:
-                if not self._next_command():
-                    break
-            elif content.decoder is not None:
-                self._feed_data(content, content.decoder)
-            else:
-                self._feed_chunk(content)
+        if self._processing:
+            # A look-up or delivery answered at once, from inside the loop below: the loop
+            # carries on by itself (recursing here would grow the stack per command).
+            return
+        self._processing = True
+        try:
+            while (
+                (self._buffer or self._empty_chunk_pending)
+                and not self._waiting
+                and not self._closing
+            ):
+                content = self._content
+                if content is None or not content.receiving:
+                    if not self._next_command():
+                        break
+                elif content.decoder is not None:
+                    self._feed_data(content, content.decoder)
+                else:
+                    self._feed_chunk(content)
+        finally:
+            self._processing = False
         self._apply_backpressure()
+
+    @property
+    def _empty_chunk_pending(self) -> bool:
+        """A chunk of zero octets (RFC 3030 §2: "BDAT 0 LAST") is complete with no input."""
+        content = self._content
+        return (
+            content is not None
+            and content.receiving
+            and content.decoder is None
+            and content.chunk_remaining == 0
+        )
 
     def _next_command(self) -> bool:
         """Handle one complete command line; False when none is complete yet."""
@@ -233,7 +258,7 @@ class SMTPServerProtocol(Protocol):
         if content.discard_reply is None and content.inspector.size > 2 * max(
             self.factory.policy.max_message_size, 1024 * 1024
         ):
-            self._reject_content(content, replies.MESSAGE_TOO_BIG)
+            self._reject_content(content, replies.MESSAGE_TOO_BIG, self._session.transaction)
             self._close_with(replies.MESSAGE_TOO_BIG)
 
     def _content_finished(self, content: _Content) -> None:
@@ -245,10 +270,11 @@ class SMTPServerProtocol(Protocol):
             self._perform(self._session.chunk_discarded(content.discard_reply))
             return
         summary = content.inspector.summary()
+        transaction = self._session.transaction  # a refusal below ends it
         outcome = self._session.content_received(summary, content.last)
         refused = refusal(outcome)
         if refused is not None:
-            self._reject_content(content, refused)
+            self._reject_content(content, refused, transaction)
         elif isinstance(outcome, Deliver):
             transaction = outcome.transaction
             events.message_received(
@@ -262,8 +288,9 @@ class SMTPServerProtocol(Protocol):
         self._arm_timer(self.factory.timeouts.command)
         self._perform(outcome)
 
-    def _reject_content(self, content: _Content, reply: Reply) -> None:
-        transaction = self._session.transaction
+    def _reject_content(
+        self, content: _Content, reply: Reply, transaction: Transaction | None
+    ) -> None:
         events.message_rejected(
             id=transaction.id if transaction else None,
             client=self._client,
@@ -414,7 +441,7 @@ class SMTPServerProtocol(Protocol):
         if should_pause and not self._paused:
             self.transport.pauseProducing()  # type: ignore[union-attr]
             self._paused = True
-        elif not should_pause and self._paused:
+        elif not should_pause and self._paused and not self._closing:
             self._paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
@@ -431,7 +458,7 @@ class SMTPServerProtocol(Protocol):
         self._timer = None
         content = self._content
         if content is not None:
-            self._reject_content(content, replies.TIMEOUT)
+            self._reject_content(content, replies.TIMEOUT, self._session.transaction)
         self._close_with(replies.TIMEOUT)
 
 
