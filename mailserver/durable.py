@@ -42,7 +42,9 @@ def ensure_directory(path: Path, mode: int = 0o700) -> None:
     try:
         path.mkdir(mode)
     except FileExistsError:
-        return
+        if path.is_dir():
+            return  # made meanwhile by another thread or process
+        raise
     fsync_directory(path.parent)
 
 

@@ -106,10 +106,11 @@ class MaildirStore:
                 durable.link(source, target)
                 linked.append(target)
             durable.fsync_directories(path.parent for path in linked)
-        except OSError as error:
+        except BaseException as error:
+            # Whatever went wrong, no copy stays visible (IMailStore.deliver's promise).
             for path in linked:
                 durable.remove_quietly(path)
-            if error.errno in _FULL_ERRORS:
+            if isinstance(error, OSError) and error.errno in _FULL_ERRORS:
                 raise StorageFull(str(error)) from error
             raise
         finally:
