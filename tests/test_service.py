@@ -1,0 +1,250 @@
+"""Tests for mailserver.service (the composition root) and the twistd plugin that calls it.
+
+The services are built and inspected, never started (except the two small services whose
+start-up is the thing under test), so no port is bound and no thread runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin
+from twisted.python.threadpool import ThreadPool
+from zope.interface.verify import verifyObject
+
+from mailserver import service
+from mailserver.config import EMBEDDED_DEFAULT, Config, load_config, parse_config
+from mailserver.limits import Admission
+from mailserver.smtp.server import SMTPServerFactory
+from mailserver.spool import STALE_AFTER
+
+CONFIG_DATA = Path(__file__).parent / "data" / "config"
+
+SMTP_ENDPOINTS = ["tcp:2525:interface=127.0.0.1", "tcp6:2526:interface=\\:\\:1"]
+CONFIG = f"""
+[server]
+hostname = "mx.ours.example"
+data_dir = "data"
+worker_threads = 3
+
+[smtp]
+listen = {json.dumps(SMTP_ENDPOINTS)}
+max_message_size = "2 MiB"
+max_recipients = 7
+max_received_headers = 9
+command_timeout = "2m"
+data_timeout = "4m"
+max_connections = 5
+max_connections_per_client = 2
+max_errors = 4
+
+[pop3]
+listen = []
+"""
+
+
+@dataclass(frozen=True)
+class RecordedEndpoint:
+    """What the patched serverFromString returns: the reactor and description it was given."""
+
+    reactor: Any
+    description: str
+
+
+@pytest.fixture
+def recorded_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        service, "serverFromString", lambda reactor, text: RecordedEndpoint(reactor, text)
+    )
+
+
+def make_config(tmp_path: Path, text: str = CONFIG) -> Config:
+    return parse_config(text, "test.toml", tmp_path)
+
+
+def listeners(top: MultiService) -> list[StreamServerEndpointService]:
+    return [child for child in top if isinstance(child, StreamServerEndpointService)]
+
+
+@pytest.mark.usefixtures("recorded_endpoints")
+def test_one_listener_per_smtp_endpoint(tmp_path: Path) -> None:
+    """Every configured SMTP endpoint gets a listener built on the given reactor, serving one
+    shared SMTP factory, set to fail loudly at bind time; nothing is started."""
+    reactor = MemoryReactorClock()
+    top = make_service_for(tmp_path, reactor)
+    built = listeners(top)
+    assert [listener.endpoint.description for listener in built] == SMTP_ENDPOINTS  # type: ignore[attr-defined]
+    assert all(listener.endpoint.reactor is reactor for listener in built)  # type: ignore[attr-defined]
+    assert all(listener._raiseSynchronously for listener in built)
+    [factory] = {id(listener.factory): listener.factory for listener in built}.values()
+    assert isinstance(factory, SMTPServerFactory)
+    assert not top.running
+    assert reactor.tcpServers == []
+    pools = [child.pool for child in top if isinstance(child, service.ThreadPoolService)]
+    assert [(pool.started, pool.max) for pool in pools] == [(False, 3)]
+
+
+@pytest.mark.usefixtures("recorded_endpoints")
+def test_smtp_factory_follows_the_configuration(tmp_path: Path) -> None:
+    """The SMTP factory's policy, timeouts, spool directory, limits and reactor come from the
+    configuration; postmaster defaults to postmaster@ the hostname."""
+    reactor = MemoryReactorClock()
+    [listener, _] = listeners(make_service_for(tmp_path, reactor))
+    factory = listener.factory
+    assert isinstance(factory, SMTPServerFactory)
+    policy = factory.policy
+    assert (policy.hostname, policy.max_message_size, policy.max_recipients) == (
+        "mx.ours.example",
+        2 * 2**20,
+        7,
+    )
+    assert (policy.max_received_headers, policy.max_errors) == (9, 4)
+    assert policy.postmaster == "postmaster@mx.ours.example"
+    assert (factory.timeouts.command, factory.timeouts.data) == (120.0, 240.0)
+    assert factory.spool_directory == tmp_path / "data" / "spool"
+    assert factory.reactor is reactor
+    admissions = [factory.limiter.admit("192.0.2.1") for _ in range(3)]
+    assert admissions[-1] is Admission.TOO_MANY_FROM_CLIENT
+    for client in ("192.0.2.2", "192.0.2.3", "192.0.2.4"):
+        factory.limiter.admit(client)
+    assert factory.limiter.admit("192.0.2.5") is Admission.TOO_MANY_OVERALL
+
+
+@pytest.mark.usefixtures("recorded_endpoints")
+def test_configured_postmaster(tmp_path: Path) -> None:
+    """An explicit accounts.postmaster is what "<Postmaster>" resolves to."""
+    config = make_config(tmp_path, CONFIG + '\n[accounts]\npostmaster = "root@ours.example"\n')
+    [listener, _] = listeners(service.make_service(config, MemoryReactorClock()))
+    assert listener.factory.policy.postmaster == "root@ours.example"
+
+
+@pytest.mark.usefixtures("recorded_endpoints")
+def test_no_smtp_endpoints(tmp_path: Path) -> None:
+    """An empty listen list builds no SMTP listener."""
+    config = make_config(
+        tmp_path, CONFIG.replace(f"listen = {json.dumps(SMTP_ENDPOINTS)}", "listen = []")
+    )
+    top = service.make_service(config, MemoryReactorClock())
+    assert [
+        listener for listener in listeners(top) if isinstance(listener.factory, SMTPServerFactory)
+    ] == []
+
+
+def make_service_for(tmp_path: Path, reactor: Any) -> MultiService:
+    return service.make_service(make_config(tmp_path), reactor)
+
+
+def test_data_directory_service_prepares_the_layout(tmp_path: Path) -> None:
+    """Starting the data-directory service creates mail/ and spool/ and removes spool files
+    older than a day, by the reactor's clock, keeping newer ones."""
+    data_dir = tmp_path / "data"
+    spool = service.spool_directory(data_dir)
+    spool.mkdir(parents=True)
+    reactor = MemoryReactorClock()
+    reactor.advance(2_000_000_000)
+    stale, fresh = spool / "stale", spool / "fresh"
+    for path, age in ((stale, STALE_AFTER + 1), (fresh, 60)):
+        path.write_bytes(b"x")
+        os.utime(path, (reactor.seconds() - age, reactor.seconds() - age))
+    directory_service = service.DataDirectoryService(data_dir, reactor)
+    directory_service.startService()
+    assert (data_dir / "mail").is_dir()
+    assert sorted(spool.iterdir()) == [fresh]
+    assert directory_service.running
+
+
+def test_thread_pool_service_starts_and_stops_the_pool() -> None:
+    """The thread-pool service starts its pool with the service and stops it with it."""
+    pool = ThreadPool(minthreads=0, maxthreads=1)
+    pool_service = service.ThreadPoolService(pool)
+    pool_service.startService()
+    try:
+        assert pool.started
+    finally:
+        pool_service.stopService()
+    assert not pool.started
+    assert pool.joined
+
+
+# --- The twistd plugin ------------------------------------------------------------------------
+
+
+def plugin_module() -> Any:
+    from twisted.plugins import mailserver_plugin
+
+    return mailserver_plugin
+
+
+def test_plugin_provides_a_service_maker() -> None:
+    """The plugin offers "mailserver" to twistd as an IServiceMaker."""
+    maker = plugin_module().serviceMaker
+    assert verifyObject(IServiceMaker, maker)
+    assert IPlugin.providedBy(maker)
+    assert maker.tapname == "mailserver"
+
+
+@pytest.mark.parametrize("name", ["bad_size", "several_errors", "syntax_error"])
+def test_plugin_reports_config_errors_and_exits_1(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broken configuration file prints every problem, one per line, on stderr and exits
+    with status 1."""
+    monkeypatch.chdir(CONFIG_DATA)
+    options = plugin_module().Options()
+    with pytest.raises(SystemExit) as exited:
+        options.parseOptions(["--config", f"{name}.toml"])
+    assert exited.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.err == (CONFIG_DATA / f"{name}.expected").read_text()
+    assert captured.out == ""
+
+
+def test_plugin_reports_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A configuration file that cannot be read is reported and exits with status 1."""
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(SystemExit) as exited:
+        plugin_module().Options().parseOptions(["-c", str(missing)])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.startswith(f"{missing}: cannot read the file")
+
+
+def test_plugin_loads_the_configuration(tmp_path: Path) -> None:
+    """A good file is loaded into the options; without --config the embedded default is."""
+    path = tmp_path / "mailserver.toml"
+    path.write_text(CONFIG)
+    options = plugin_module().Options()
+    options.parseOptions(["--config", str(path)])
+    assert options["loaded"] == load_config(path)
+    default = plugin_module().Options()
+    default.parseOptions([])
+    assert default["loaded"].source == EMBEDDED_DEFAULT
+
+
+def test_plugin_makes_the_service_from_the_loaded_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """makeService hands the loaded configuration and the running reactor to make_service."""
+    calls: list[tuple[Config, Any]] = []
+    made = MultiService()
+
+    def fake_make_service(config: Config, reactor: Any) -> MultiService:
+        calls.append((config, reactor))
+        return made
+
+    monkeypatch.setattr(service, "make_service", fake_make_service)
+    path = tmp_path / "mailserver.toml"
+    path.write_text(CONFIG)
+    options = plugin_module().Options()
+    options.parseOptions(["--config", str(path)])
+    assert plugin_module().serviceMaker.makeService(options) is made
+    from twisted.internet import reactor
+
+    assert calls == [(options["loaded"], reactor)]
