@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -31,8 +31,6 @@ from mailserver.interfaces import IMailStore, StorageFull
 from mailserver.maildir import MaildirStore, UniqueNames, maildir_path
 from mailserver.memory import MemoryMailStore
 from mailserver.spool import Spool
-
-T = TypeVar("T")
 
 HOSTNAME = "mx.ours.example"
 MESSAGE = b"Return-Path: <a@b.example>\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -64,9 +62,9 @@ class ThreadlessReactor(MemoryReactorClock):
         f(*args, **kwargs)
 
 
-def result_of(deferred: Deferred[T]) -> T | Failure:
+def result_of(deferred: Deferred[Any]) -> Any:
     """The result of an already-fired Deferred (a Failure if it failed)."""
-    results: list[T | Failure] = []
+    results: list[Any] = []
     deferred.addBoth(results.append)
     assert results, "the Deferred has not fired"
     return results[0]
@@ -216,7 +214,7 @@ def test_other_os_errors_pass_through(
     failure = result_of(store.deliver(spooled(spool_dir), MAILBOXES))
     assert isinstance(failure, Failure)
     assert failure.check(OSError) and not failure.check(StorageFull)
-    assert failure.value.errno == errno.EIO
+    assert isinstance(failure.value, OSError) and failure.value.errno == errno.EIO
     assert new_files(data_dir) == []
     assert list(spool_dir.iterdir()) == []
 

@@ -81,8 +81,8 @@ def test_one_listener_per_smtp_endpoint(tmp_path: Path) -> None:
     reactor = MemoryReactorClock()
     top = make_service_for(tmp_path, reactor)
     built = listeners(top)
-    assert [listener.endpoint.description for listener in built] == SMTP_ENDPOINTS  # type: ignore[attr-defined]
-    assert all(listener.endpoint.reactor is reactor for listener in built)  # type: ignore[attr-defined]
+    assert [listener.endpoint.description for listener in built] == SMTP_ENDPOINTS
+    assert all(listener.endpoint.reactor is reactor for listener in built)
     assert all(listener._raiseSynchronously for listener in built)
     [factory] = {id(listener.factory): listener.factory for listener in built}.values()
     assert isinstance(factory, SMTPServerFactory)
@@ -187,8 +187,8 @@ def test_plugin_provides_a_service_maker() -> None:
     """The plugin offers "mailserver" to twistd as an IServiceMaker."""
     maker = plugin_module().serviceMaker
     assert verifyObject(IServiceMaker, maker)
-    assert IPlugin.providedBy(maker)
     assert maker.tapname == "mailserver"
+    assert IPlugin.providedBy(maker)
 
 
 @pytest.mark.parametrize("name", ["bad_size", "several_errors", "syntax_error"])

@@ -15,12 +15,13 @@ import tempfile
 from dataclasses import replace
 from email.utils import formatdate
 from pathlib import Path
+from typing import cast
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -30,7 +31,7 @@ from mailserver.limits import ConnectionLimiter
 from mailserver.memory import MemoryMailStore, MemoryUserDatabase
 from mailserver.smtp import replies, server
 from mailserver.smtp.replies import Reply
-from mailserver.smtp.server import PAUSE_BACKLOG, SMTPServerFactory, Timeouts
+from mailserver.smtp.server import PAUSE_BACKLOG, SMTPServerFactory, Timeouts, new_message_id
 from mailserver.smtp.session import MAX_COMMAND_LINE, SessionPolicy
 from mailserver.spool import SPILL_THRESHOLD
 
@@ -114,12 +115,39 @@ class FailingUserDatabase(MemoryUserDatabase):
         return super().resolve_recipient(address)
 
 
+class BrokenUserDatabase(MemoryUserDatabase):
+    """A user database with a bug: its look-ups answer None instead of a RecipientLookup."""
+
+    def resolve_recipient(self, address: Mailbox) -> Deferred[RecipientLookup]:
+        return defer.succeed(None)  # type: ignore[arg-type]
+
+
+class NoDelayTransport(StringTransport):
+    """A StringTransport with ``setTcpNoDelay``, as TCP transports have; it records the
+    setting, or raises ``error`` (as a socket that is not TCP does)."""
+
+    def __init__(self, peer: IPv4Address, error: OSError | None = None) -> None:
+        super().__init__(peerAddress=peer)
+        self.error = error
+        self.no_delay: bool | None = None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        if self.error is not None:
+            raise self.error
+        self.no_delay = enabled
+
+
 class Client:
     """One connection to the protocol under test, seen from the client's side."""
 
-    def __init__(self, factory: SMTPServerFactory, peer: IPv4Address) -> None:
+    def __init__(
+        self,
+        factory: SMTPServerFactory,
+        peer: IPv4Address,
+        transport: StringTransport | None = None,
+    ) -> None:
         self.protocol = factory.buildProtocol(peer)
-        self.transport = StringTransport(peerAddress=peer)
+        self.transport = transport if transport is not None else StringTransport(peerAddress=peer)
         self.protocol.makeConnection(self.transport)
 
     def send(self, data: bytes) -> None:
@@ -165,8 +193,9 @@ class ServerTestCase(SynchronousTestCase):
         self.spool_directory.mkdir()
         self.limiter = ConnectionLimiter(MAX_TOTAL, MAX_PER_CLIENT)
         self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self._observe)
-        self.addCleanup(globalLogPublisher.removeObserver, self._observe)
+        observer = cast(ILogObserver, self._observe)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         ids = itertools.count(1)
         self.patch(server, "new_message_id", lambda: f"ID{next(ids)}")
 
@@ -252,6 +281,34 @@ class ConnectionTests(ServerTestCase):
         )
         self.assertTrue(client.closed)
         self.assertEqual(self.spool_files(), [])
+
+    def test_nagle_disabled(self) -> None:
+        """Replies are not held back by Nagle's algorithm: TCP_NODELAY is set on a transport
+        that supports it, and a transport that refuses it still gets its greeting."""
+        transport = NoDelayTransport(PEER)
+        Client(self.factory(), PEER, transport)
+        self.assertIs(transport.no_delay, True)
+        refusing = NoDelayTransport(SECOND_PEER, OSError(95, "Operation not supported"))
+        client = Client(self.factory(), SECOND_PEER, refusing)
+        self.assertEqual(client.codes(), codes(replies.GREETING))
+
+    def test_message_ids(self) -> None:
+        """Message ids are 16 upper-case hexadecimal digits, different every time."""
+        made = {new_message_id() for _ in range(1000)}
+        self.assertEqual(len(made), 1000)
+        for message_id in made:
+            self.assertRegex(message_id, r"\A[0-9A-F]{16}\Z")
+
+    def test_our_bug_is_logged_and_answered_451(self) -> None:
+        """An exception in our own code while carrying out an answer (here a user database
+        that answers nonsense) is logged as a bug and answered 451 4.3.0 with the connection
+        closed, rather than leaving the client waiting for a reply."""
+        self.users = BrokenUserDatabase(domains=["ours.example"])
+        client = self.connect()
+        client.send(EHLO + MAIL + RCPT_BOB + b"NOOP\r\n")
+        self.assertEqual(client.codes(), EHLO_REPLY + codes(replies.SENDER_OK, replies.LOCAL_ERROR))
+        self.assertTrue(client.closed)
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
 
     def test_quit_closes(self) -> None:
         """QUIT is answered 221 and the connection closed; input after it is ignored."""
@@ -678,6 +735,15 @@ class ChunkingTests(ServerTestCase):
         client = self.connect()
         client.send(EHLO + b"BDAT 0 LAST\r\n")
         self.assertEqual(client.codes(), EHLO_REPLY + codes(replies.NEED_MAIL))
+
+    def test_connection_lost_while_discarding_a_chunk(self) -> None:
+        """A connection dropped while a refused BDAT chunk is being read (no spool behind it)
+        goes cleanly and frees its place."""
+        client = self.connect()
+        client.send(EHLO + b"BDAT 100\r\npartial")
+        client.lose()
+        self.assertEqual(self.limiter.open_connections, 0)
+        self.assertEqual(self.spool_files(), [])
 
     def test_rset_between_chunks_discards_spool(self) -> None:
         """RSET between BDAT chunks ends the transaction and removes its spool file; the next
