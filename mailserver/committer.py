@@ -1,15 +1,17 @@
 """Group commit: durable writes in batches, on a few threads of their own.
 
-Making one message durable costs a flush of the disk (an fsync of the file and of its
-directory). A disk completes a flush in about the same time whether it carries one message or
-fifty, so instead of one fsync per message on its own thread, a committer thread takes every
-job that is waiting, stages them all (writes and links, no flush), then fsyncs each file and
-each distinct directory once: the first fsync commits the filesystem journal for the whole
-batch and the rest find little left to do. Few threads also means little contention for the
-interpreter lock with the reactor thread.
+Making one message durable costs two flushes of the disk: its file's data before the file is
+given a visible name (so a crash never exposes a half-written file), then the directory that
+holds that name. A disk completes a flush in about the same time whether it carries one
+message or fifty, so instead of fsyncs per message on a thread each, a committer thread takes
+every job that is waiting and works in two phases: write every job's data and fsync each file,
+then publish every job (link it into place) and fsync each distinct directory once. The first
+fsync of a phase commits the filesystem journal for the whole batch and the rest find little
+left to do. Few threads also means little contention for the interpreter lock with the
+reactor thread.
 
 A job is durable only when its own files and directories were fsync'd without error; a job
-whose flush failed is undone (what it made visible is removed) and fails alone.
+that failed is undone (what it made visible is removed) and fails alone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -33,31 +36,58 @@ MAX_BATCH = 64
 
 
 @dataclass
-class Staged(Generic[T]):
-    """What a job made visible, to be flushed: the files (as open descriptors) and the
-    directories whose entries changed, and how to take it back if the flush fails."""
+class Published(Generic[T]):
+    """What a job made visible: the directories whose entries changed, to be flushed, and how
+    to take it back if that flush fails."""
 
     result: T
-    files: list[int] = field(default_factory=list)
     directories: list[Path] = field(default_factory=list)
     undo: Callable[[], None] = lambda: None
 
 
 class Job(Protocol[T]):
-    def stage(self) -> Staged[T]:
-        """Write and link without flushing (blocking); raise OSError on failure."""
+    def write(self) -> list[int]:
+        """Write the data without flushing (blocking); returns the descriptors to fsync."""
+
+    def publish(self) -> Published[T]:
+        """Give the flushed data its visible names (blocking), removing any it made if it
+        fails part way."""
 
     def cleanup(self) -> None:
         """Release temporary resources; called once, after success or failure; never raises
         for a job that succeeded (it is durable by then)."""
 
 
+class Committer(Protocol):
+    """What a store needs from a committer (the tests use a synchronous one)."""
+
+    def submit(self, job: Job[T]) -> Deferred[T]: ...
+
+
 @dataclass
-class _Pending:
+class PendingJob:
+    """A submitted job, its Deferred, and how far it got."""
+
     job: Job[Any]
     deferred: Deferred[Any]
-    staged: Staged[Any] | None = None
+    published: Published[Any] | None = None
     failure: Failure | None = None
+
+    def fire(self) -> None:
+        """Report the outcome (in the reactor thread)."""
+        if self.failure is not None:
+            self.deferred.errback(self.failure)
+        else:
+            assert self.published is not None
+            self.deferred.callback(self.published.result)
+
+    def attempt(self, step: Callable[[PendingJob], None]) -> None:
+        """Run one step of a job that has not failed yet, recording its failure."""
+        if self.failure is None:
+            try:
+                step(self)
+            except Exception:
+                self.failure = Failure()
 
 
 _STOP = object()
@@ -91,7 +121,7 @@ class GroupCommitter:
     def submit(self, job: Job[T]) -> Deferred[T]:
         """Fires, in the reactor thread, with the job's result once it is durable."""
         deferred: Deferred[T] = Deferred()
-        self._queue.put(_Pending(job, deferred))
+        self._queue.put(PendingJob(job, deferred))
         return deferred
 
     def _run(self) -> None:
@@ -110,7 +140,7 @@ class GroupCommitter:
                     stop_after = True
                     break
                 batch.append(item)
-            pending = [item for item in batch if isinstance(item, _Pending)]
+            pending = [item for item in batch if isinstance(item, PendingJob)]
             try:
                 commit_batch(pending)
             except Exception:  # a bug of ours: fail the batch, keep the thread alive
@@ -122,48 +152,45 @@ class GroupCommitter:
                 return
 
 
-def commit_batch(batch: list[_Pending]) -> None:
-    """Stage every job, flush files then directories, undo the jobs whose flush failed."""
+def commit_batch(batch: list[PendingJob]) -> None:
+    """Write and flush every job's files, publish them, flush the directories."""
+    descriptors: dict[int, list[PendingJob]] = {}
     for item in batch:
+        item.attempt(partial(_add_files, descriptors))
+    for fd, owners in descriptors.items():
         try:
-            item.staged = item.job.stage()
-        except Exception:
-            item.failure = Failure()
-    staged = [item for item in batch if item.staged is not None]
-    for item in staged:
-        assert item.staged is not None
-        try:
-            for fd in item.staged.files:
-                durable.fsync_file(fd)
+            durable.fsync_file(fd)
         except OSError:
-            item.failure = Failure()
-    directories: dict[Path, None] = {}
-    for item in staged:
-        if item.failure is None and item.staged is not None:
-            directories.update(dict.fromkeys(item.staged.directories))
-    directory_errors: dict[Path, Failure] = {}
-    for directory in directories:
+            failure = Failure()
+            for owner in owners:
+                owner.failure = owner.failure or failure
+    directories: dict[Path, list[PendingJob]] = {}
+    for item in batch:
+        item.attempt(partial(_publish, directories))
+    for directory, owners in directories.items():
         try:
             durable.fsync_directory(directory)
         except OSError:
-            directory_errors[directory] = Failure()
-    for item in staged:
-        assert item.staged is not None
-        if item.failure is None:
-            for directory in item.staged.directories:
-                if directory in directory_errors:
-                    item.failure = directory_errors[directory]
-                    break
-        if item.failure is not None:
-            item.staged.undo()
+            failure = Failure()
+            for owner in owners:
+                owner.failure = owner.failure or failure
     for item in batch:
+        if item.failure is not None and item.published is not None:
+            item.published.undo()
         item.job.cleanup()
 
 
-def _fire_all(batch: list[_Pending]) -> None:
+def _add_files(descriptors: dict[int, list[PendingJob]], item: PendingJob) -> None:
+    for fd in item.job.write():
+        descriptors.setdefault(fd, []).append(item)
+
+
+def _publish(directories: dict[Path, list[PendingJob]], item: PendingJob) -> None:
+    item.published = item.job.publish()
+    for directory in item.published.directories:
+        directories.setdefault(directory, []).append(item)
+
+
+def _fire_all(batch: list[PendingJob]) -> None:
     for item in batch:
-        if item.failure is not None:
-            item.deferred.errback(item.failure)
-        else:
-            assert item.staged is not None
-            item.deferred.callback(item.staged.result)
+        item.fire()

@@ -2,9 +2,10 @@
 
 Layout: ``<data_dir>/mail/<domain>/<local part>/{tmp,new,cur}``, readable by Dovecot, mutt,
 notmuch and rsync. Delivery follows the Maildir protocol (write elsewhere, then link into
-``new/``) with fsyncs added: the spooled file is fsync'd, hard-linked into each recipient's
-``new/`` and each ``new/`` directory fsync'd before the delivery is reported done. Several
-recipients of one message share one file through hard links.
+``new/``) with fsyncs added, done in batches by the group committer: the spooled file is
+written and fsync'd, then hard-linked into each recipient's ``new/``, and each ``new/``
+directory is fsync'd before the delivery is reported done. Several recipients of one message
+share one file through hard links.
 
 Unique names are ``<seconds>.M<microseconds>P<pid>Q<counter>.<host>,S=<size>``: the size in
 the name lets a reader list a mailbox without a stat per message.
@@ -20,12 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailserver import durable
+from mailserver.committer import Committer, Published
 from mailserver.interfaces import IMailStore, StorageFull
 from mailserver.spool import Spool
 
@@ -73,53 +73,78 @@ class UniqueNames:
         return f"{seconds}.M{micros}P{self._pid}Q{next(self._counter)}.{self._host},S={size}"
 
 
+class _Delivery:
+    """One message for a set of mailboxes, as a :class:`~mailserver.committer.Job`."""
+
+    def __init__(self, store: MaildirStore, spool: Spool, mailboxes: tuple[str, ...]) -> None:
+        self._store = store
+        self._spool = spool
+        self._mailboxes = mailboxes
+        self._source: Path | None = None
+
+    def write(self) -> list[int]:
+        self._source, fd = self._spool.finish()
+        return [fd]
+
+    def publish(self) -> Published[str]:
+        assert self._source is not None
+        name = self._store.names.new(self._spool.size)
+        linked: list[Path] = []
+
+        def undo() -> None:
+            for path in linked:
+                durable.remove_quietly(path)
+
+        try:
+            for address in self._mailboxes:
+                linked.append(self._store.link_into_new(self._source, address, name))
+        except BaseException:
+            undo()  # whatever went wrong, no copy stays visible (IMailStore.deliver)
+            raise
+        return Published(result=name, directories=[path.parent for path in linked], undo=undo)
+
+    def cleanup(self) -> None:
+        self._spool.discard()
+
+
 @implementer(IMailStore)
 class MaildirStore:
-    """Delivers into Maildirs under ``data_dir`` using a thread pool for the blocking work."""
+    """Delivers into Maildirs under ``data_dir``; durability comes from the group committer."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        hostname: str,
-        reactor: IReactorThreads,
-        threadpool: ThreadPool,
-    ) -> None:
+    def __init__(self, data_dir: Path, hostname: str, committer: Committer) -> None:
         self._data_dir = data_dir
-        self._reactor = reactor
-        self._threadpool = threadpool
-        self._names = UniqueNames(hostname)
+        self._committer = committer
+        self.names = UniqueNames(hostname)
         self._known_maildirs: set[Path] = set()
 
     def deliver(self, spool: Spool, mailboxes: Sequence[str]) -> Deferred[str]:
-        return deferToThreadPool(
-            self._reactor, self._threadpool, self._deliver_blocking, spool, tuple(mailboxes)
-        )
+        delivery = _Delivery(self, spool, tuple(mailboxes))
+        return self._committer.submit(delivery).addErrback(_storage_full)
 
-    def _deliver_blocking(self, spool: Spool, mailboxes: tuple[str, ...]) -> str:
-        name = self._names.new(spool.size)
-        linked: list[Path] = []
+    def link_into_new(self, source: Path, address: str, name: str) -> Path:
+        """Link ``source`` into the ``new/`` of ``address``'s Maildir (blocking)."""
+        maildir = self.ensure_maildir(address)
+        target = maildir / "new" / name
         try:
-            source = spool.commit()
-            for address in mailboxes:
-                maildir = self._ensure_maildir(address)
-                target = maildir / "new" / name
-                durable.link(source, target)
-                linked.append(target)
-            durable.fsync_directories(path.parent for path in linked)
-        except BaseException as error:
-            # Whatever went wrong, no copy stays visible (IMailStore.deliver's promise).
-            for path in linked:
-                durable.remove_quietly(path)
-            if isinstance(error, OSError) and error.errno in _FULL_ERRORS:
-                raise StorageFull(str(error)) from error
-            raise
-        finally:
-            spool.discard()
-        return name
+            durable.link(source, target)
+        except FileNotFoundError:
+            # The Maildir was removed while we ran (or never was): make it afresh, once.
+            self._known_maildirs.discard(maildir)
+            durable.link(source, self.ensure_maildir(address) / "new" / name)
+        return target
 
-    def _ensure_maildir(self, address: str) -> Path:
+    def ensure_maildir(self, address: str) -> Path:
+        """The Maildir of ``address``, created durably the first time (blocking)."""
         path = maildir_path(self._data_dir, address)
         if path not in self._known_maildirs:
             create_maildir(path)
             self._known_maildirs.add(path)
         return path
+
+
+def _storage_full(failure: Failure) -> Failure:
+    """ENOSPC or EDQUOT, wherever they happened, mean "try again later" (452 4.3.1)."""
+    error = failure.value
+    if isinstance(error, OSError) and error.errno in _FULL_ERRORS:
+        return Failure(StorageFull(str(error)))
+    return failure

@@ -149,7 +149,7 @@ class MemoryUserDatabase:
 class MemoryMailStore:
     """Delivered messages as bytes per mailbox; the next delivery can be made to fail or wait.
 
-    Like the Maildir store it reads the spooled bytes (``spool.commit()`` gives the file) and
+    Like the Maildir store it reads the spooled bytes (``spool.finish()`` gives the file) and
     discards the spool whatever the outcome, so tests can check that no spool file stays
     behind. The trace headers are part of what is stored::
 
@@ -205,7 +205,7 @@ class MemoryMailStore:
         try:
             if error is not None:
                 return defer.fail(error)
-            data = spool.commit().read_bytes()
+            data = spool.finish()[0].read_bytes()
         except Exception:
             return defer.fail()
         finally:

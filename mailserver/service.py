@@ -17,15 +17,23 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mailserver import durable
+from mailserver.authlimit import LoginThrottle
+from mailserver.committer import GroupCommitter
 from mailserver.config import Config
 from mailserver.limits import ConnectionLimiter
+from mailserver.mailbox import MaildirMailboxStore
 from mailserver.maildir import MaildirStore
+from mailserver.pop3.server import POP3ServerFactory
+from mailserver.pop3.session import SessionPolicy as POP3SessionPolicy
 from mailserver.smtp.server import SMTPServerFactory, Timeouts
 from mailserver.smtp.session import SessionPolicy
 from mailserver.spool import clean_stale
 from mailserver.userdb import SQLiteUserDatabase, database_path
 
 log = Logger()
+
+# The configuration has only a per-client POP3 limit; this bounds the total.
+POP3_MAX_CONNECTIONS = 1000
 
 
 def spool_directory(data_dir: Path) -> Path:
@@ -46,6 +54,21 @@ class DataDirectoryService(Service):
         if removed:
             log.info("removed {count} stale spool files", count=removed)
         super().startService()
+
+
+class CommitterService(Service):
+    """Runs the group committer's threads; on stop, every submitted delivery finishes."""
+
+    def __init__(self, committer: GroupCommitter) -> None:
+        self.committer = committer
+
+    def startService(self) -> None:
+        self.committer.start()
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.committer.stop()
 
 
 class ThreadPoolService(Service):
@@ -87,7 +110,9 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         pool,
         recipient_delimiter=config.accounts.recipient_delimiter,
     )
-    store = MaildirStore(data_dir, config.server.hostname, reactor, pool)
+    committer = GroupCommitter(reactor)
+    CommitterService(committer).setServiceParent(top)
+    store = MaildirStore(data_dir, config.server.hostname, committer)
     smtp = config.smtp
     smtp_factory = SMTPServerFactory(
         policy=SessionPolicy(
@@ -106,4 +131,17 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         reactor=reactor,
     )
     _listen(top, reactor, smtp.listen, smtp_factory)
+
+    pop3 = config.pop3
+    pop3_factory = POP3ServerFactory(
+        policy=POP3SessionPolicy(hostname=config.server.hostname),
+        idle_timeout=pop3.idle_timeout,
+        plaintext_auth=pop3.plaintext_auth,
+        users=users,
+        store=MaildirMailboxStore(data_dir, reactor, pool),
+        limiter=ConnectionLimiter(POP3_MAX_CONNECTIONS, pop3.max_connections_per_client),
+        throttle=LoginThrottle(reactor),
+        reactor=reactor,
+    )
+    _listen(top, reactor, pop3.listen, pop3_factory)
     return top

@@ -20,7 +20,7 @@ STALE_AFTER = 24 * 3600  # seconds; older spool files are debris of a crash
 
 
 class Spool:
-    """Bytes of one message: :meth:`write` from the reactor, :meth:`commit` from a worker."""
+    """Bytes of one message: :meth:`write` from the reactor, :meth:`finish` from a worker."""
 
     def __init__(self, directory: Path, spill_threshold: int = SPILL_THRESHOLD) -> None:
         self._directory = directory
@@ -39,12 +39,12 @@ class Spool:
         if self._buffered >= self._spill_threshold:
             self._flush()
 
-    def commit(self) -> Path:
-        """Write what is buffered, fsync the file and return its path (blocking)."""
+    def finish(self) -> tuple[Path, int]:
+        """Write out what is buffered (blocking); returns the file and its open descriptor,
+        for the caller to fsync once it has linked the file where it belongs."""
         self._flush()
         assert self._fd is not None and self._path is not None
-        durable.fsync_file(self._fd)
-        return self._path
+        return self._path, self._fd
 
     def discard(self) -> None:
         """Close and remove the spool file, if any; safe to call more than once."""

@@ -1,13 +1,10 @@
 """Tests for mailserver.maildir (MaildirStore, UniqueNames, maildir_path) and the in-memory
 mail store twin in mailserver.memory.
 
-MaildirStore runs its blocking work through ``deferToThreadPool``, which needs two things: a
-thread pool with ``callInThreadWithCallback(onResult, f, *args, **kwargs)`` and a reactor with
-``callFromThread(f, *args)`` to fire the Deferred in the reactor thread. The tests use
-:class:`ImmediateThreadPool`, which runs ``f`` at once in the test's thread and calls
-``onResult(True, result)`` or ``onResult(False, Failure())``, and :class:`ThreadlessReactor`,
-a ``MemoryReactorClock`` whose ``callFromThread`` calls at once; so each Deferred has fired
-by the time ``deliver`` returns.
+MaildirStore hands its blocking work to a group committer. The tests use
+:class:`SynchronousCommitter`, which runs each job at once in the test's thread through the
+committer's real batch logic (:func:`mailserver.committer.commit_batch`), so each Deferred has
+fired by the time ``deliver`` returns.
 """
 
 from __future__ import annotations
@@ -22,11 +19,11 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from mailserver import durable
+from mailserver.committer import Job, PendingJob, commit_batch
 from mailserver.interfaces import IMailStore, StorageFull
 from mailserver.maildir import MaildirStore, UniqueNames, maildir_path
 from mailserver.memory import MemoryMailStore
@@ -37,29 +34,14 @@ MESSAGE = b"Return-Path: <a@b.example>\r\nSubject: hi\r\n\r\nHello.\r\n"
 NAME = re.compile(r"(\d+)\.M(\d{1,6})P(\d+)Q(\d+)\.(.+),S=(\d+)")
 
 
-class ImmediateThreadPool:
-    """Stand-in for ThreadPool: runs the call at once and reports as a worker would."""
+class SynchronousCommitter:
+    """Runs each submitted job at once, as a batch of one, with the real commit logic."""
 
-    def callInThreadWithCallback(
-        self,
-        onResult: Callable[[bool, object], None],
-        func: Callable[..., Any],
-        *args: Any,
-        **kwargs: Any,
-    ) -> None:
-        try:
-            result = func(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-
-class ThreadlessReactor(MemoryReactorClock):
-    """A MemoryReactorClock that also provides ``callFromThread`` (calling at once)."""
-
-    def callFromThread(self, f: Callable[..., object], *args: object, **kwargs: object) -> None:
-        f(*args, **kwargs)
+    def submit(self, job: Job[Any]) -> Deferred[Any]:
+        pending = PendingJob(job, Deferred())
+        commit_batch([pending])
+        pending.fire()
+        return pending.deferred
 
 
 def result_of(deferred: Deferred[Any]) -> Any:
@@ -84,7 +66,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(data_dir: Path) -> MaildirStore:
-    return MaildirStore(data_dir, HOSTNAME, ThreadlessReactor(), ImmediateThreadPool())  # type: ignore[arg-type]
+    return MaildirStore(data_dir, HOSTNAME, SynchronousCommitter())
 
 
 def spooled(spool_dir: Path, content: bytes = MESSAGE, threshold: int = 1024) -> Spool:
@@ -151,11 +133,20 @@ def test_creates_the_maildir_on_first_delivery(
 def test_new_directories_are_fsynced(
     store: MaildirStore, data_dir: Path, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before the delivery is reported, each recipient's new/ directory is fsync'd once."""
-    synced: list[Path] = []
-    monkeypatch.setattr(durable, "fsync_directories", lambda paths: synced.extend(paths))
+    """Before the delivery is reported, the file is fsync'd before it is linked anywhere,
+    then each recipient's new/ directory is fsync'd once."""
+    events: list[object] = []
+    real_link = durable.link
+    monkeypatch.setattr(durable, "fsync_file", lambda fd: events.append("file"))
+    monkeypatch.setattr(durable, "fsync_directory", events.append)
+    monkeypatch.setattr(
+        durable, "link", lambda source, target: (events.append("link"), real_link(source, target))
+    )
     result_of(store.deliver(spooled(spool_dir), MAILBOXES))
-    assert synced == [maildir_path(data_dir, address) / "new" for address in MAILBOXES]
+    new_dirs = [maildir_path(data_dir, address) / "new" for address in MAILBOXES]
+    # (Creating the Maildirs on first delivery fsyncs their parents too: not counted here.)
+    ordered = [event for event in events if event in ("file", "link") or event in new_dirs]
+    assert ordered == ["file", *["link"] * len(MAILBOXES), *new_dirs]
 
 
 def failing_link(failure: OSError, after: int) -> Callable[[Path, Path], None]:
@@ -227,7 +218,7 @@ def test_failed_directory_fsync_removes_copies(
     def broken(paths: object) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(durable, "fsync_directories", broken)
+    monkeypatch.setattr(durable, "fsync_directory", broken)
     failure = result_of(store.deliver(spooled(spool_dir), MAILBOXES))
     assert isinstance(failure, Failure) and failure.check(OSError)
     assert new_files(data_dir) == []

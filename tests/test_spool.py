@@ -6,9 +6,6 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
-
-from mailserver import durable
 from mailserver.spool import SPILL_THRESHOLD, STALE_AFTER, Spool, clean_stale
 
 
@@ -51,34 +48,24 @@ def test_default_threshold_is_256_kib(tmp_path: Path) -> None:
     assert SPILL_THRESHOLD == 256 * 1024
 
 
-def test_commit_writes_fsyncs_and_returns_the_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """commit() writes what is still buffered, fsyncs the file through the durable module and
-    returns the path of a private file in the spool directory holding every byte written."""
-    synced: list[int] = []
-    real_fsync = durable.fsync_file
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.fstat(fd).st_size)
-        real_fsync(fd)
-
-    monkeypatch.setattr(durable, "fsync_file", recording_fsync)
+def test_finish_writes_everything_and_returns_path_and_descriptor(tmp_path: Path) -> None:
+    """finish() writes what was buffered after a spill; the descriptor is open on that file
+    (the committer fsyncs it) and the file is private to the server (0600)."""
     spool = Spool(tmp_path, spill_threshold=10)
     spool.write(b"0123456789")  # spilled
     spool.write(b"tail")  # buffered
-    path = spool.commit()
+    path, fd = spool.finish()
     assert path.parent == tmp_path
     assert path.read_bytes() == b"0123456789tail"
-    assert synced == [14]
+    assert os.fstat(fd).st_ino == path.stat().st_ino
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_commit_of_a_small_message_creates_the_file(tmp_path: Path) -> None:
-    """A message that never spilled still gets a file at commit (delivery links it)."""
+def test_finish_of_a_small_message_creates_the_file(tmp_path: Path) -> None:
+    """A message that never spilled still gets a file at finish (delivery links it)."""
     spool = Spool(tmp_path)
     spool.write(b"short")
-    path = spool.commit()
+    path, _ = spool.finish()
     assert files_in(tmp_path) == [path]
     assert path.read_bytes() == b"short"
 
@@ -98,11 +85,11 @@ def test_discard_removes_the_file(tmp_path: Path) -> None:
     assert files_in(tmp_path) == []
 
 
-def test_discard_after_commit(tmp_path: Path) -> None:
-    """The committed file is removed by discard() too (the store discards after linking)."""
+def test_discard_after_finish(tmp_path: Path) -> None:
+    """The finished file is removed by discard() too (the store discards after linking)."""
     spool = Spool(tmp_path)
     spool.write(b"x")
-    path = spool.commit()
+    path, _ = spool.finish()
     spool.discard()
     assert not path.exists()
 
@@ -113,7 +100,7 @@ def test_spool_files_do_not_collide(tmp_path: Path) -> None:
     for index, spool in enumerate(spools):
         spool.write(b"%d" % index)
     assert len(files_in(tmp_path)) == 50
-    assert {spool.commit().read_bytes() for spool in spools} == {b"%d" % i for i in range(50)}
+    assert {spool.finish()[0].read_bytes() for spool in spools} == {b"%d" % i for i in range(50)}
 
 
 def test_clean_stale_removes_only_old_files(tmp_path: Path) -> None:
