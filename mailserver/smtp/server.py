@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailserver import events
+from mailserver.deadline import Deadline
 from mailserver.interfaces import IMailStore, IUserDatabase, RecipientLookup, StorageFull
 from mailserver.limits import Admission, ConnectionLimiter
 from mailserver.smtp import replies
@@ -114,7 +115,7 @@ class SMTPServerProtocol(Protocol):
         self._closing = False
         self._discarding_line = False
         self._admitted = False
-        self._timer: IDelayedCall | None = None
+        self._deadline = Deadline(factory.reactor, self._timed_out)
         self._client = "unknown"
         self.session: SMTPSession | None = None
 
@@ -446,16 +447,12 @@ class SMTPServerProtocol(Protocol):
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _arm_timer(self, seconds: float) -> None:
-        self._cancel_timer()
-        self._timer = self.factory.reactor.callLater(seconds, self._timed_out)
+        self._deadline.set(seconds)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._deadline.cancel()
 
     def _timed_out(self) -> None:
-        self._timer = None
         content = self._content
         if content is not None:
             self._reject_content(content, replies.TIMEOUT, self._session.transaction)
