@@ -6,6 +6,7 @@ plugin calls :func:`make_service` and nothing else.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from mailserver.pop3.session import SessionPolicy as POP3SessionPolicy
 from mailserver.smtp.server import SMTPServerFactory, Timeouts
 from mailserver.smtp.session import SessionPolicy
 from mailserver.spool import clean_stale
-from mailserver.userdb import SQLiteUserDatabase, database_path
+from mailserver.userdb import AccountError, SQLiteUserDatabase, database_path
 
 log = Logger()
 
@@ -41,16 +42,26 @@ def spool_directory(data_dir: Path) -> Path:
 
 
 class DataDirectoryService(Service):
-    """Creates the data directory layout at start-up, after twistd has dropped privileges."""
+    """Prepares the data directory and opens the user database at start-up, after twistd
+    has dropped privileges, so that everything created belongs to the server's user."""
 
-    def __init__(self, data_dir: Path, reactor: Any) -> None:
+    def __init__(self, data_dir: Path, users: SQLiteUserDatabase, reactor: Any) -> None:
         self._data_dir = data_dir
+        self._users = users
         self._reactor = reactor
 
     def startService(self) -> None:
-        for path in (self._data_dir / "mail", spool_directory(self._data_dir)):
-            durable.ensure_directory(path)
-        removed = clean_stale(spool_directory(self._data_dir), self._reactor.seconds())
+        try:
+            for path in (self._data_dir / "mail", spool_directory(self._data_dir)):
+                durable.ensure_directory(path)
+            self._users.open()
+            removed = clean_stale(spool_directory(self._data_dir), self._reactor.seconds())
+        except (OSError, AccountError) as error:
+            # A one-line reason, not a traceback: usually a data_dir the user cannot write.
+            print(
+                f"mailserver: cannot use data directory {self._data_dir}: {error}", file=sys.stderr
+            )
+            raise SystemExit(1) from None
         if removed:
             log.info("removed {count} stale spool files", count=removed)
         super().startService()
@@ -100,7 +111,6 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     """Every service of the mail server, ready for ``twistd`` to start."""
     data_dir = config.server.data_dir
     top = MultiService()
-    DataDirectoryService(data_dir, reactor).setServiceParent(top)
     pool = ThreadPool(minthreads=0, maxthreads=config.server.worker_threads, name="mailserver")
     ThreadPoolService(pool).setServiceParent(top)
 
@@ -110,6 +120,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         pool,
         recipient_delimiter=config.accounts.recipient_delimiter,
     )
+    DataDirectoryService(data_dir, users, reactor).setServiceParent(top)
     committer = GroupCommitter(reactor)
     CommitterService(committer).setServiceParent(top)
     store = MaildirStore(data_dir, config.server.hostname, committer)

@@ -40,12 +40,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -81,6 +82,8 @@ __all__ = [
 DATABASE_NAME = "users.sqlite3"
 SCHEMA_VERSION = 1
 MAX_ALIAS_DEPTH = 20  # aliases followed in one chain before giving up (answered as a loop)
+RECIPIENT_CACHE_SIZE = 10_000  # cached recipient look-ups, at most
+RECIPIENT_CACHE_TTL = 30.0  # seconds a cached look-up is trusted, at most
 BUSY_TIMEOUT = 10.0  # seconds to wait for another writer (the admin command, a rehash)
 
 _log = Logger()
@@ -254,18 +257,24 @@ class SQLiteAccounts:
         *,
         data_dir: Path | None = None,
         passwords: Passwords | None = None,
+        open_now: bool = True,
     ) -> None:
         self.path = Path(path)
         self.data_dir = Path(data_dir) if data_dir is not None else self.path.parent
         self.recipient_delimiter = recipient_delimiter
         self._passwords = passwords if passwords is not None else Passwords()
         self._local = threading.local()
-        self._open_file()
+        if open_now:
+            self.open()
 
     # Connections and transactions.
 
-    def _open_file(self) -> None:
-        """Create the file (private to us) and its schema if needed; check the version."""
+    def open(self) -> None:
+        """Create the file (private to us) and its schema if needed; check the version.
+
+        The server calls this when it starts, after twistd has dropped privileges, so the
+        file belongs to the user the server runs as.
+        """
         durable.ensure_directory(self.path.parent)
         if not self.path.exists():
             # The hashes are secret: the file, and the -wal/-shm files SQLite derives from
@@ -564,6 +573,13 @@ class SQLiteUserDatabase(SQLiteAccounts):
 
     Lookups and password checks run on ``threadpool`` and fire their Deferreds in the
     reactor thread. The administration methods inherited from :class:`SQLiteAccounts` block.
+    The file is opened by :meth:`open`, which the server calls at start-up.
+
+    Recipient look-ups are cached in memory, keyed by the address as given, for at most
+    :data:`RECIPIENT_CACHE_TTL` seconds and only while the database files are unchanged:
+    every change (even by the admin command in another process) rewrites the ``-wal`` file
+    or the database file, so a ``stat`` of both tells whether a cached answer still holds.
+    A hit answers without a trip to the thread pool.
     """
 
     def __init__(
@@ -576,19 +592,50 @@ class SQLiteUserDatabase(SQLiteAccounts):
         data_dir: Path | None = None,
         passwords: Passwords | None = None,
     ) -> None:
-        super().__init__(path, recipient_delimiter, data_dir=data_dir, passwords=passwords)
+        super().__init__(
+            path, recipient_delimiter, data_dir=data_dir, passwords=passwords, open_now=False
+        )
         self._reactor = reactor
         self._threadpool = threadpool
+        self._recipients: dict[Mailbox, tuple[float, object, RecipientLookup]] = {}
 
     def resolve_recipient(self, address: Mailbox) -> Deferred[RecipientLookup]:
+        now = time.monotonic()
+        version = self._files_version()
+        cached = self._recipients.get(address)
+        if cached is not None and cached[1] == version and now - cached[0] < RECIPIENT_CACHE_TTL:
+            return succeed(cached[2])
+
+        def remember(lookup: RecipientLookup) -> RecipientLookup:
+            if len(self._recipients) >= RECIPIENT_CACHE_SIZE:
+                self._recipients.clear()
+            # The version read before the query: a change made meanwhile invalidates it.
+            self._recipients[address] = (now, version, lookup)
+            return lookup
+
         return deferToThreadPool(
             self._reactor, self._threadpool, self.resolve_recipient_sync, address
-        )
+        ).addCallback(remember)
 
     def authenticate(self, login: str, password: str) -> Deferred[str | None]:
         return deferToThreadPool(
             self._reactor, self._threadpool, self.authenticate_sync, login, password
         )
+
+    def _files_version(self) -> object:
+        version: list[tuple[int, int, int] | None] = []
+        for path in (self.path, self._wal_path):
+            try:
+                status = os.stat(path)
+            except FileNotFoundError:
+                version.append(None)
+            else:
+                version.append((status.st_mtime_ns, status.st_size, status.st_ino))
+        return tuple(version)
+
+    @property
+    def _wal_path(self) -> str:
+        return f"{self.path}-wal"
 
 
 # --- Helpers for the administration methods -------------------------------------------------

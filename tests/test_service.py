@@ -25,6 +25,7 @@ from mailserver.config import EMBEDDED_DEFAULT, Config, load_config, parse_confi
 from mailserver.limits import Admission
 from mailserver.smtp.server import SMTPServerFactory
 from mailserver.spool import STALE_AFTER
+from mailserver.userdb import SQLiteUserDatabase, database_path
 
 CONFIG_DATA = Path(__file__).parent / "data" / "config"
 
@@ -143,8 +144,9 @@ def make_service_for(tmp_path: Path, reactor: Any) -> MultiService:
 
 
 def test_data_directory_service_prepares_the_layout(tmp_path: Path) -> None:
-    """Starting the data-directory service creates mail/ and spool/ and removes spool files
-    older than a day, by the reactor's clock, keeping newer ones."""
+    """Starting the data-directory service creates mail/ and spool/, opens (creates) the user
+    database, and removes spool files older than a day, by the reactor's clock, keeping newer
+    ones."""
     data_dir = tmp_path / "data"
     spool = service.spool_directory(data_dir)
     spool.mkdir(parents=True)
@@ -154,11 +156,29 @@ def test_data_directory_service_prepares_the_layout(tmp_path: Path) -> None:
     for path, age in ((stale, STALE_AFTER + 1), (fresh, 60)):
         path.write_bytes(b"x")
         os.utime(path, (reactor.seconds() - age, reactor.seconds() - age))
-    directory_service = service.DataDirectoryService(data_dir, reactor)
+    users = SQLiteUserDatabase(database_path(data_dir), reactor, ThreadPool())
+    directory_service = service.DataDirectoryService(data_dir, users, reactor)
     directory_service.startService()
     assert (data_dir / "mail").is_dir()
+    assert database_path(data_dir).is_file()
     assert sorted(spool.iterdir()) == [fresh]
     assert directory_service.running
+
+
+def test_unusable_data_directory_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A data directory that cannot be created (here a file is in the way) stops the server
+    with a one-line reason naming the directory, not a traceback."""
+    data_dir = tmp_path / "file"
+    data_dir.write_text("not a directory")
+    reactor = MemoryReactorClock()
+    users = SQLiteUserDatabase(database_path(data_dir), reactor, ThreadPool())
+    with pytest.raises(SystemExit) as exit_info:
+        service.DataDirectoryService(data_dir, users, reactor).startService()
+    assert exit_info.value.code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"mailserver: cannot use data directory {data_dir}: ")
 
 
 def test_thread_pool_service_starts_and_stops_the_pool() -> None:

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
+from mailserver import userdb
 from mailserver.address import Mailbox, parse_address
 from mailserver.interfaces import IUserDatabase, Lookup, RecipientLookup
 from mailserver.maildir import maildir_path
@@ -43,11 +44,15 @@ CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 
 class ImmediateThreadPool:
-    """Stand-in for ThreadPool: ``callInThreadWithCallback`` runs the call at once, here."""
+    """Stand-in for ThreadPool: ``callInThreadWithCallback`` runs the call at once, here,
+    and counts the calls."""
+
+    calls = 0
 
     def callInThreadWithCallback(
         self, onResult: Callable[[bool, object], None], func: Callable[..., Any], *args: Any
     ) -> None:
+        self.calls += 1
         try:
             result = func(*args)
         except BaseException:
@@ -77,13 +82,15 @@ def result_of(deferred: Deferred[T]) -> T:
 def sqlite_db(
     tmp_path: Path, delimiter: str = "+", hasher: PasswordHasher = CHEAP_HASHER
 ) -> SQLiteUserDatabase:
-    return SQLiteUserDatabase(
+    db = SQLiteUserDatabase(
         database_path(tmp_path),
         ImmediateReactor(),  # type: ignore[arg-type]
         ImmediateThreadPool(),  # type: ignore[arg-type]
         delimiter,
         passwords=Passwords(hasher),
     )
+    db.open()  # as the server does at start-up
+    return db
 
 
 def make_backend(kind: str, tmp_path: Path, delimiter: str = "+") -> Any:
@@ -562,3 +569,53 @@ def test_parse_login() -> None:
     assert parse_login("bob@[192.0.2.1]") is None
     assert parse_login("@@") is None
     assert parse_login("   ") is None
+
+
+def test_server_database_is_created_only_when_opened(tmp_path: Path) -> None:
+    """The server's database object touches no file until open() (called at start-up, after
+    twistd has dropped privileges), so the file belongs to the server's user."""
+    db = SQLiteUserDatabase(
+        database_path(tmp_path),
+        ImmediateReactor(),  # type: ignore[arg-type]
+        ImmediateThreadPool(),  # type: ignore[arg-type]
+    )
+    assert not database_path(tmp_path).exists()
+    db.open()
+    assert database_path(tmp_path).exists()
+
+
+def test_recipient_lookups_are_cached_until_the_files_change(tmp_path: Path) -> None:
+    """A repeated look-up is answered from memory, without the thread pool; a change made
+    through another connection is seen by the next look-up all the same."""
+    db = sqlite_db(tmp_path)
+    db.add_domain("example.org")
+    db.add_user(BOB, "secret")
+    pool = db._threadpool
+    bob = parse_address(BOB)
+    assert result_of(db.resolve_recipient(bob)) == RecipientLookup(DELIVER, (BOB,))
+    calls = pool.calls  # type: ignore[attr-defined]
+    for _ in range(3):
+        assert result_of(db.resolve_recipient(bob)) == RecipientLookup(DELIVER, (BOB,))
+    assert pool.calls == calls  # type: ignore[attr-defined]
+    SQLiteAccounts(db.path, passwords=Passwords(CHEAP_HASHER)).remove_user(BOB)
+    assert result_of(db.resolve_recipient(bob)) == RecipientLookup(NO_USER)
+    assert pool.calls == calls + 1  # type: ignore[attr-defined]
+
+
+def test_cached_lookup_expires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached answer is trusted for RECIPIENT_CACHE_TTL seconds at most."""
+    db = sqlite_db(tmp_path)
+    db.add_domain("example.org")
+    db.add_user(BOB, "secret")
+    pool = db._threadpool
+    now = [1000.0]
+    monkeypatch.setattr(userdb.time, "monotonic", lambda: now[0])
+    bob = parse_address(BOB)
+    result_of(db.resolve_recipient(bob))
+    calls = pool.calls  # type: ignore[attr-defined]
+    now[0] += userdb.RECIPIENT_CACHE_TTL - 1
+    result_of(db.resolve_recipient(bob))
+    assert pool.calls == calls  # type: ignore[attr-defined]
+    now[0] += 2
+    result_of(db.resolve_recipient(bob))
+    assert pool.calls == calls + 1  # type: ignore[attr-defined]
