@@ -1,25 +1,31 @@
 """One structured log event per thing that happens to a message.
 
 Each function emits a ``twisted.logger`` event whose fields (``mail_event``, ``id``, ``client``
-and the rest) can be filtered and formatted by any observer; the format string gives a short
-readable line for the default text log.
+and the rest) can be filtered and formatted by any observer. The readable line for the text
+log is written here once, with the values already in it (braces escaped), because formatting
+a template field by field for every message costs more than receiving a small message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 log = Logger(namespace="mailserver.mail")
+
+
+def _emit(level: LogLevel, text: str, **fields: object) -> None:
+    log.emit(level, text.replace("{", "{{").replace("}", "}}"), **fields)
 
 
 def message_received(
     *, id: str, client: str, helo: str | None, sender: str, recipients: Sequence[str], size: int
 ) -> None:
-    log.info(
-        "received id={id} from={sender} client={client} helo={helo} size={size}"
-        " recipients={recipients}",
+    _emit(
+        LogLevel.info,
+        f"received id={id} from=<{sender}> client={client} helo={helo} size={size}"
+        f" recipients={','.join(recipients)}",
         mail_event="received",
         id=id,
         client=client,
@@ -40,8 +46,10 @@ def message_rejected(
     enhanced: str | None,
     reason: str,
 ) -> None:
-    log.info(
-        "rejected id={id} from={sender} to={recipient} client={client}: {code} {enhanced} {reason}",
+    _emit(
+        LogLevel.info,
+        f"rejected id={id} from=<{sender}> to=<{recipient}> client={client}:"
+        f" {code} {enhanced} {reason}",
         mail_event="rejected",
         id=id,
         client=client,
@@ -54,8 +62,9 @@ def message_rejected(
 
 
 def message_delivered(*, id: str, mailboxes: Sequence[str], size: int, name: str) -> None:
-    log.info(
-        "delivered id={id} to={mailboxes} size={size} file={name}",
+    _emit(
+        LogLevel.info,
+        f"delivered id={id} to={','.join(mailboxes)} size={size} file={name}",
         mail_event="delivered",
         id=id,
         mailboxes=list(mailboxes),
@@ -65,8 +74,9 @@ def message_delivered(*, id: str, mailboxes: Sequence[str], size: int, name: str
 
 
 def delivery_failed(*, id: str, mailboxes: Sequence[str], code: int, reason: str) -> None:
-    log.warn(
-        "delivery failed id={id} to={mailboxes}: {code} {reason}",
+    _emit(
+        LogLevel.warn,
+        f"delivery failed id={id} to={','.join(mailboxes)}: {code} {reason}",
         mail_event="delivery-failed",
         id=id,
         mailboxes=list(mailboxes),

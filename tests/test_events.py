@@ -31,8 +31,8 @@ def test_message_received() -> None:
     )
     assert (event["recipients"], event["size"]) == (["bob@ours.example"], 42)
     assert formatEvent(event) == (
-        "received id=ID1 from=alice@client.example client=192.0.2.1 helo=client.example size=42"
-        " recipients=['bob@ours.example']"
+        "received id=ID1 from=<alice@client.example> client=192.0.2.1 helo=client.example"
+        " size=42 recipients=bob@ours.example"
     )
 
 
@@ -65,7 +65,7 @@ def test_message_rejected() -> None:
         "reason": "No such user here",
     }
     assert formatEvent(event) == (
-        "rejected id=None from=None to=nobody@ours.example client=192.0.2.1:"
+        "rejected id=None from=<None> to=<nobody@ours.example> client=192.0.2.1:"
         " 550 5.1.1 No such user here"
     )
 
@@ -104,5 +104,18 @@ def test_delivery_failed() -> None:
         "No space left on device",
     )
     assert formatEvent(event) == (
-        "delivery failed id=ID1 to=['a@ours.example']: 452 No space left on device"
+        "delivery failed id=ID1 to=a@ours.example: 452 No space left on device"
     )
+
+
+def test_braces_in_client_data_are_text_not_fields() -> None:
+    """A sender address with braces (legal in a local part) shows as typed in the text line
+    and never breaks or injects into the formatting."""
+    with capturedLogs() as captured:
+        events.message_received(
+            id="ID1", client="192.0.2.1", helo="h.example", sender="{log_namespace}@x.example",
+            recipients=["b@ours.example"], size=1,
+        )  # fmt: skip
+    [event] = captured
+    assert event["sender"] == "{log_namespace}@x.example"
+    assert "from=<{log_namespace}@x.example>" in formatEvent(event)

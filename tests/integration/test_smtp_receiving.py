@@ -274,7 +274,7 @@ def test_log_has_one_event_per_message(server: RunningServer) -> None:
     log = server.log.read_text()
     assert "received id=" in log
     assert "delivered id=" in log
-    assert "rejected id=" in log and "to=nobody@example.org" in log
+    assert "rejected id=" in log and "to=<nobody@example.org>" in log
 
 
 def test_bad_configuration_refuses_to_start(server_factory) -> None:  # type: ignore[no-untyped-def]
