@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from argon2 import PasswordHasher
 
-from mailserver.passwords import Passwords
+from mailserver.passwords import VERIFIED_TTL, Passwords
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
@@ -85,3 +88,33 @@ def test_needs_rehash_when_parameters_change() -> None:
     assert current.needs_rehash(old)
     assert not current.needs_rehash(current.hash("secret"))
     assert current.verify(old, "secret")
+
+
+def test_a_verified_login_is_remembered() -> None:
+    """After one successful verification the same password is accepted without argon2; a
+    wrong password still costs a full verification every time."""
+    hasher = CountingHasher()
+    passwords = Passwords(hasher)
+    stored = passwords.hash("secret")
+    assert passwords.verify(stored, "secret")
+    assert hasher.verifications == 1
+    assert passwords.verify(stored, "secret")
+    assert hasher.verifications == 1
+    assert not passwords.verify(stored, "wrong")
+    assert not passwords.verify(stored, "wrong")
+    assert hasher.verifications == 3
+
+
+def test_remembered_login_is_tied_to_the_stored_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new password (a new stored hash) is not covered by an old success, and a success is
+    remembered for VERIFIED_TTL seconds only."""
+    hasher = CountingHasher()
+    passwords = Passwords(hasher)
+    old, new = passwords.hash("secret"), passwords.hash("secret")
+    assert passwords.verify(old, "secret")
+    assert passwords.verify(new, "secret")
+    assert hasher.verifications == 2
+    now = [time.monotonic() + VERIFIED_TTL + 1]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    assert passwords.verify(old, "secret")
+    assert hasher.verifications == 3
