@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailserver.authlimit import LoginThrottle
+from mailserver.deadline import Deadline
 from mailserver.interfaces import (
     IMailbox,
     IMailboxStore,
@@ -242,8 +243,7 @@ class POP3ServerProtocol(Protocol):
         self._discarding_line = False
         self._admitted = False
         self._client = "unknown"
-        self._timer: IDelayedCall | None = None
-        self._last_activity = 0.0
+        self._idle = Deadline(factory.reactor, self._idle_expired)
         self._throttle_call: IDelayedCall | None = None
         self._mailbox: IMailbox | None = None
         self._committing = False
@@ -271,14 +271,13 @@ class POP3ServerProtocol(Protocol):
         )
         self._send(self.session.greeting())
         self._touch()
-        self._timer = self.factory.reactor.callLater(self.factory.idle_timeout, self._idle_check)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
-        for call in (self._timer, self._throttle_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._timer = self._throttle_call = None
+        self._idle.cancel()
+        if self._throttle_call is not None and self._throttle_call.active():
+            self._throttle_call.cancel()
+        self._throttle_call = None
         if self._admitted:
             self.factory.limiter.release(self._client)
             self._admitted = False
@@ -537,22 +536,16 @@ class POP3ServerProtocol(Protocol):
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _touch(self) -> None:
-        """Note activity: a command arrived, or a message made progress."""
-        self._last_activity = self.factory.reactor.seconds()
+        """Note activity (a command arrived, or a message made progress): RFC 1939 §3's
+        autologout timer starts again."""
+        self._idle.set(self.factory.idle_timeout)
 
-    def _idle_check(self) -> None:
-        """RFC 1939 §3 autologout: after ``idle_timeout`` without activity, close without
-        entering the UPDATE state. The timer is re-armed for the time left rather than reset
-        on every command, which keeps the per-command cost to reading the clock."""
-        self._timer = None
+    def _idle_expired(self) -> None:
+        """Close without entering the UPDATE state (RFC 1939 §3)."""
         if self._closing:
             return
-        reactor = self.factory.reactor
-        idle = reactor.seconds() - self._last_activity
-        busy = self._waiting and self._streamer is None  # our own work, such as a login delay
-        if idle < self.factory.idle_timeout or busy:
-            remaining = self.factory.idle_timeout - idle if not busy else self.factory.idle_timeout
-            self._timer = reactor.callLater(max(remaining, 0.001), self._idle_check)
+        if self._waiting and self._streamer is None:
+            self._touch()  # our own work, such as a login delay: not the client's idleness
             return
         log.info("pop3 autologout client={client}", pop3_event="timeout", client=self._client)
         if self._streamer is not None:

@@ -43,6 +43,7 @@ class RunningServer:
     smtp_port: int
     settings: dict[str, dict[str, object]] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    pop3_port: int = field(default_factory=free_port)
 
     @property
     def config(self) -> Path:
@@ -60,7 +61,7 @@ class RunningServer:
         sections: dict[str, dict[str, object]] = {
             "server": {"hostname": "mx.example.org", "data_dir": str(self.data_dir)},
             "smtp": {"listen": [f"tcp:{self.smtp_port}:interface=127.0.0.1"]},
-            "pop3": {"listen": []},
+            "pop3": {"listen": [f"tcp:{self.pop3_port}:interface=127.0.0.1"]},
         }
         for name, values in self.settings.items():
             sections.setdefault(name, {}).update(values)
@@ -100,6 +101,8 @@ class RunningServer:
             stderr=subprocess.PIPE,
         )
         wait_for_port(self.smtp_port, self.process)
+        if "listen" not in self.settings.get("pop3", {}):
+            wait_for_port(self.pop3_port, self.process)
 
     def stop(self) -> None:
         if self.process is None:
