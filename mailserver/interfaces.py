@@ -89,16 +89,6 @@ class MessageInfo:
     size: int  # octets of the stored message: exactly what RETR sends before byte-stuffing
 
 
-class IMessageContent(Interface):
-    """The octets of one opened message, read front to back."""
-
-    def read(size: int) -> Deferred[bytes]:
-        """Up to ``size`` further octets; ``b""`` once the message has been read to its end."""
-
-    def close() -> None:
-        """Release the message; calling it again does nothing."""
-
-
 class IMailbox(Interface):
     """One mailbox opened for a POP3 session: locked, with a fixed snapshot of its messages.
 
@@ -108,9 +98,14 @@ class IMailbox(Interface):
 
     messages: Sequence[MessageInfo]  # the snapshot, oldest first; POP3 numbers are index + 1
 
-    def open_message(index: int) -> Deferred[IMessageContent]:
-        """Open message ``index`` of the snapshot; fails with :class:`MessageGone` if another
-        program removed it, ``OSError`` for other trouble."""
+    def read_message(index: int, offset: int, size: int) -> Deferred[bytes]:
+        """Octets ``offset`` to ``offset + size`` of message ``index`` of the snapshot, or fewer
+        only where the message ends: a shorter result (``b""`` included) means the end, so a
+        reader needs no extra call to find it. Fails with :class:`MessageGone` if another
+        program removed the message, ``OSError`` for other trouble.
+
+        Stateless, so a reader that goes away mid-message leaves nothing open.
+        """
 
     def commit(deleted: Sequence[int], seen: Sequence[int]) -> Deferred[None]:
         """Apply the end of a session (RFC 1939 §6): remove the ``deleted`` messages and mark

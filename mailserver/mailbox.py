@@ -37,7 +37,9 @@ session waits in ``new/`` for the next one.
 
 **Threads.** Locking, listing and committing block and run on the thread pool. Reading a
 message is done in the reactor thread in chunks of at most 64 KiB, like Twisted's
-``FileSender``: a read from a local file costs far less than a thread hop per chunk.
+``FileSender``: a read from a local file costs far less than a thread hop per chunk. Each
+chunk is an ``open``/``pread``/``close``, so nothing stays open when a client goes away, and
+a message of up to one chunk (most mail) costs one open and one read.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -68,7 +69,6 @@ from mailserver import durable
 from mailserver.interfaces import (
     IMailbox,
     IMailboxStore,
-    IMessageContent,
     MailboxInUse,
     MailboxUnavailable,
     MessageGone,
@@ -86,6 +86,7 @@ _INFO_SEPARATOR = ":2,"
 _UID_CHARACTERS = re.compile(r"[\x21-\x7e]{1,70}")
 _TIME_PREFIX = re.compile(r"(\d+)\.M(\d+)")
 _LEADING_DIGITS = re.compile(r"\d+")
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
 # --- Names ----------------------------------------------------------------------------------
@@ -297,27 +298,6 @@ def _lock(path: Path) -> int:
     return fd
 
 
-@implementer(IMessageContent)
-class FileContent:
-    """A message file read in the calling thread (see the module docstring)."""
-
-    def __init__(self, file: BinaryIO) -> None:
-        self._file: BinaryIO | None = file
-
-    def read(self, size: int) -> Deferred[bytes]:
-        if self._file is None:
-            return defer.succeed(b"")
-        try:
-            return defer.succeed(self._file.read(size))
-        except OSError:
-            return defer.fail()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
 @implementer(IMailbox)
 class MaildirMailbox:
     """One locked Maildir and the snapshot its session works on."""
@@ -331,22 +311,46 @@ class MaildirMailbox:
         threadpool: ThreadPool,
     ) -> None:
         self.path = path
+        self._directory = str(path)
+        self._paths: dict[int, str] = {}  # where messages moved by other readers are now
         self._lock_fd: int | None = lock_fd
         self._stored = listing.stored
         self.messages: Sequence[MessageInfo] = listing.infos
         self._reactor = reactor
         self._threadpool = threadpool
 
-    def open_message(self, index: int) -> Deferred[IMessageContent]:
+    def read_message(self, index: int, offset: int, size: int) -> Deferred[bytes]:
         try:
-            path = self._locate(self._stored[index])
-            if path is None:
-                raise MessageGone(self._stored[index].unique)
-            return defer.succeed(FileContent(path.open("rb")))
+            return defer.succeed(self._read(index, offset, size))
         except FileNotFoundError:
             return defer.fail(MessageGone(self._stored[index].unique))
         except (OSError, MessageGone):
             return defer.fail()
+
+    def _read(self, index: int, offset: int, size: int) -> bytes:
+        # The hot path of RETR: plain os calls on a string path, no stat, no pathlib.
+        path = self._paths.get(index)
+        if path is None:
+            message = self._stored[index]
+            path = f"{self._directory}/{message.subdir}/{message.filename}"
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except FileNotFoundError:
+            moved = self._locate(self._stored[index])  # by another Maildir reader?
+            if moved is None:
+                raise MessageGone(self._stored[index].unique) from None
+            path = self._paths[index] = str(moved)
+            fd = os.open(path, _READ_FLAGS)
+        try:
+            data = os.pread(fd, size, offset)
+            while 0 < len(data) < size:  # a short read is the end only once pread says so
+                more = os.pread(fd, size - len(data), offset + len(data))
+                if not more:
+                    break
+                data += more
+            return data
+        finally:
+            os.close(fd)
 
     def commit(self, deleted: Sequence[int], seen: Sequence[int]) -> Deferred[None]:
         return deferToThreadPool(

@@ -53,21 +53,17 @@ def age(data_dir: Path, seconds: float = 60) -> None:
         os.utime(maildir_path(data_dir, ADDRESS) / sub, (past, past))
 
 
-def read_all(box: MaildirMailbox, index: int) -> bytes:
-    results: list[object] = []
-    box.open_message(index).addBoth(results.append)
-    content = results.pop()
-    assert not isinstance(content, Exception), content
+def read_all(box: MaildirMailbox, index: int, size: int = 7) -> bytes:
+    """Read a message in ``size``-octet pieces until a short read ends it."""
     chunks = []
     while True:
-        content.read(7).addBoth(results.append)  # type: ignore[attr-defined]
-        chunk = results.pop()
-        assert isinstance(chunk, bytes)
-        if not chunk:
-            break
+        results: list[object] = []
+        box.read_message(index, sum(map(len, chunks)), size).addBoth(results.append)
+        [chunk] = results
+        assert isinstance(chunk, bytes), chunk
         chunks.append(chunk)
-    content.close()  # type: ignore[attr-defined]
-    return b"".join(chunks)
+        if len(chunk) < size:
+            return b"".join(chunks)
 
 
 def test_interfaces(tmp_path: Path) -> None:
@@ -83,12 +79,14 @@ def test_interfaces(tmp_path: Path) -> None:
 
 def test_listing_takes_sizes_from_names_and_reads_files(tmp_path: Path) -> None:
     """The size comes from ",S=" without a stat (the file here is bigger on purpose); a name
-    without it is stat'ed; RETR gives the file's bytes."""
+    without it is stat'ed; reads give the file's bytes, a short read only at the end."""
     deliver(tmp_path, b"0123456789", name="1700000000.M1P1Q1.host,S=4")
     deliver(tmp_path, b"no size field\r\n", name="1700000001.M1P1Q2.host")
     box = make_store(tmp_path).open_mailbox_blocking(ADDRESS)
     assert [m.size for m in box.messages] == [4, 15]
     assert read_all(box, 1) == b"no size field\r\n"
+    assert read_all(box, 1, size=5) == b"no size field\r\n"  # 5 + 5 + 5, then b""
+    assert read_all(box, 0, size=65536) == b"0123456789"
     box.close()
 
 
@@ -221,12 +219,16 @@ def test_close_without_commit_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_messages_moved_by_another_reader_are_still_found(tmp_path: Path) -> None:
-    """A message another MUA moved to cur/ with flags is read and deleted where it is now."""
-    message = deliver(tmp_path, b"moved")
+    """A message another MUA moved to cur/ with flags is read (even mid-message) and deleted
+    where it is now."""
+    message = deliver(tmp_path, b"moved here")
     box = make_store(tmp_path).open_mailbox_blocking(ADDRESS)
+    first: list[object] = []
+    box.read_message(0, 0, 5).addBoth(first.append)
+    assert first == [b"moved"]
     moved = message.parent.parent / "cur" / f"{message.name}:2,RS"
     os.rename(message, moved)
-    assert read_all(box, 0) == b"moved"
+    assert read_all(box, 0) == b"moved here"
     box.commit_blocking(deleted=[0], seen=[])
     box.close()
     assert not moved.exists()
@@ -238,7 +240,7 @@ def test_removed_message_is_gone(tmp_path: Path) -> None:
     box = make_store(tmp_path).open_mailbox_blocking(ADDRESS)
     message.unlink()
     failures: list[object] = []
-    box.open_message(0).addErrback(lambda failure: failures.append(failure.value))
+    box.read_message(0, 0, 100).addErrback(lambda failure: failures.append(failure.value))
     assert isinstance(failures[0], MessageGone)
     box.commit_blocking(deleted=[0], seen=[])
     box.close()

@@ -285,19 +285,30 @@ class POP3ServerTests(SynchronousTestCase):
         self.assertEqual(unstuff(bytes(received[: -len(b"+OK\r\n")])), message)
 
     def test_drop_mid_stream_releases_everything(self) -> None:
-        """A client that leaves in the middle of a message: the file is closed, the lock
-        released, nothing deleted."""
+        """A client that leaves in the middle of a message: reading stops, the lock is
+        released, nothing is deleted (the pipelined DELE and QUIT never ran)."""
         self.store.deliver_bytes(ALICE, b"y" * (5 * CHUNK_SIZE))
         protocol, transport = self.login(Transport(pause_above=CHUNK_SIZE))
         protocol.dataReceived(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")  # DELE and QUIT wait
-        self.assertIsNotNone(transport.producer)
+        producer = transport.producer
+        self.assertIsNotNone(producer)
         [mailbox] = self.store.opened
-        [content] = mailbox.opened
-        self.assertFalse(content.closed)
+        reads = mailbox.reads
+        self.assertLess(reads, 5)
         self.drop(protocol)
-        self.assertTrue(content.closed)
+        producer.resumeProducing()  # a late resume after the drop reads nothing more
+        self.assertEqual(mailbox.reads, reads)
         self.assertTrue(mailbox.closed)
         self.assertEqual(len(self.store.mailboxes[ALICE]), 1)
+
+    def test_small_message_is_one_read(self) -> None:
+        """A message shorter than a chunk costs one read: the short read is its end."""
+        self.store.deliver_bytes(ALICE, MESSAGE)
+        protocol, transport = self.login()
+        protocol.dataReceived(b"RETR 1\r\n")
+        [mailbox] = self.store.opened
+        self.assertEqual(mailbox.reads, 1)
+        self.assertTrue(transport.value().endswith(b"end\r\n.\r\n"))
 
     def test_dele_then_quit_removes(self) -> None:
         """RFC 1939 §6: QUIT applies the deletions, then says +OK and closes."""

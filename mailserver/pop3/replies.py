@@ -27,7 +27,8 @@ class Reply:
     lines: tuple[str, ...] | None = field(default=None, compare=False)  # multi-line body
 
     def with_text(self, text: str) -> Reply:
-        return replace(self, text=text)
+        # Not dataclasses.replace: this runs for every RETR, and replace() is slow.
+        return Reply(self.status, self.code, text, self.name, self.lines)
 
     def with_lines(self, lines: Sequence[str]) -> Reply:
         return replace(self, lines=tuple(lines))

@@ -36,7 +36,6 @@ from mailserver.deadline import Deadline
 from mailserver.interfaces import (
     IMailbox,
     IMailboxStore,
-    IMessageContent,
     IUserDatabase,
     MailboxInUse,
     MailboxUnavailable,
@@ -128,38 +127,44 @@ class POP3ServerFactory(Factory):
 class MessageStreamer:
     """Sends one message, encoded for a multi-line response, to ``consumer``.
 
-    ``header`` (the "+OK" line) goes out with the first chunk. Chunks are written while the
-    consumer accepts them; the producer is registered only for a message larger than one
-    chunk. :meth:`start` returns a Deferred that fires once the terminating "." is written,
-    or fails with the read error, or with :class:`StreamStopped` if the consumer stops it.
+    ``read(offset, size)`` gives the message chunk by chunk (:meth:`IMailbox.read_message`).
+    ``header`` (the "+OK" line) goes out with the first chunk, so a message whose first read
+    fails has had nothing sent and can still be refused with -ERR. Chunks are written while
+    the consumer accepts them; the producer is registered only for a message larger than one
+    chunk, so a small message costs one read and one write. ``on_done`` is called once: with
+    None when the terminating "." is written, with the read error, or with
+    :class:`StreamStopped` if the consumer stops it; :attr:`started` tells whether any octet
+    was written by then.
     """
 
     def __init__(
         self,
         consumer: IConsumer,
-        content: IMessageContent,
+        read: Callable[[int, int], Deferred[bytes]],
         encoder: Encoder,
         header: bytes,
         on_progress: Callable[[], None],
+        on_done: Callable[[Failure | None], None],
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
         self._consumer = consumer
-        self._content = content
+        self._read = read
         self._encoder = encoder
         self._on_progress = on_progress
+        self._on_done = on_done
         self._chunk_size = chunk_size
+        self._offset = 0
         self._pending = [header]
         self._pending_size = len(header)
-        self._done: Deferred[None] = Deferred()
+        self.started = False
         self._registered = False
         self._paused = False
         self._reading = False
         self._pumping = False
         self._finished = False
 
-    def start(self) -> Deferred[None]:
+    def start(self) -> None:
         self._pump()
-        return self._done
 
     # IPushProducer, called by the consumer.
 
@@ -183,7 +188,9 @@ class MessageStreamer:
         try:
             while not (self._paused or self._reading or self._finished):
                 self._reading = True
-                self._content.read(self._chunk_size).addCallbacks(self._received, self._failed)
+                self._read(self._offset, self._chunk_size).addCallbacks(
+                    self._received, self._failed
+                )
         finally:
             self._pumping = False
 
@@ -191,12 +198,15 @@ class MessageStreamer:
         self._reading = False
         if self._finished:
             return
+        self._offset += len(data)
+        encoder = self._encoder
         if data:
-            encoded = self._encoder.feed(data)
+            encoded = encoder.feed(data)
             self._pending.append(encoded)
             self._pending_size += len(encoded)
-        if not data or self._encoder.done:
-            self._pending.append(self._encoder.finish())
+        # IMailbox.read_message: a short read is the end of the message.
+        if len(data) < self._chunk_size or encoder.done:
+            self._pending.append(encoder.finish())
             self._flush()
             self._finish(None)
             return
@@ -205,6 +215,7 @@ class MessageStreamer:
                 self._registered = True
                 self._consumer.registerProducer(self, True)
             self._flush()  # the consumer may pause us from inside this write
+            self._on_progress()
         self._pump()
 
     def _failed(self, failure: Failure) -> None:
@@ -215,21 +226,17 @@ class MessageStreamer:
         data = b"".join(self._pending)
         self._pending = []
         self._pending_size = 0
+        self.started = True
         self._consumer.write(data)
-        self._on_progress()
 
     def _finish(self, failure: Failure | None) -> None:
         if self._finished:
             return
         self._finished = True
-        self._content.close()
         if self._registered:
             self._registered = False
             self._consumer.unregisterProducer()
-        if failure is None:
-            self._done.callback(None)
-        else:
-            self._done.errback(failure)
+        self._on_done(failure)
 
 
 class POP3ServerProtocol(Protocol):
@@ -418,40 +425,38 @@ class POP3ServerProtocol(Protocol):
         mailbox = self._mailbox
         assert mailbox is not None
         self._waiting = True
+        index = action.index
 
-        def opened(content: IMessageContent) -> None:
-            if self._closing:
-                content.close()
-                return
-            streamer = MessageStreamer(
-                self.transport,  # type: ignore[arg-type]
-                content,
-                encoder_for(action.top_lines),
-                action.reply.to_bytes(),
-                on_progress=self._touch,
-            )
-            self._streamer = streamer
-            streamer.start().addCallbacks(sent, broken)
+        def read(offset: int, size: int) -> Deferred[bytes]:
+            return mailbox.read_message(index, offset, size)
 
-        def sent(_: None) -> None:
+        def done(failure: Failure | None) -> None:
             self._streamer = None
-            self._resume(None)
+            if failure is None:
+                self._resume(None)
+            elif self._closing:
+                pass
+            elif not streamer.started:
+                # Nothing sent yet: the client gets -ERR and the session goes on.
+                gone = failure.check(MessageGone) is not None
+                if not gone:
+                    log.failure("reading message {index} failed", failure, index=index)
+                self._resume(self._session.message_unavailable(index, gone))
+            else:
+                # The status line is out: the only honest way to stop is to hang up.
+                log.failure("reading message {index} failed mid-stream", failure, index=index)
+                self._abort()
 
-        def broken(failure: Failure) -> None:
-            self._streamer = None
-            if self._closing:
-                return
-            # The status line is out: the only honest way to stop is to hang up.
-            log.failure("reading message {index} failed mid-stream", failure, index=action.index)
-            self._abort()
-
-        def not_opened(failure: Failure) -> None:
-            gone = failure.check(MessageGone) is not None
-            if not gone:
-                log.failure("opening message {index} failed", failure, index=action.index)
-            self._resume(self._session.message_unavailable(action.index, gone))
-
-        mailbox.open_message(action.index).addCallbacks(opened, not_opened).addErrback(self._bug)
+        streamer = MessageStreamer(
+            self.transport,  # type: ignore[arg-type]
+            read,
+            encoder_for(action.top_lines),
+            action.reply.to_bytes(),
+            on_progress=self._touch,
+            on_done=done,
+        )
+        self._streamer = streamer
+        streamer.start()
 
     def _commit(self, action: Commit) -> None:
         mailbox = self._mailbox
@@ -496,8 +501,8 @@ class POP3ServerProtocol(Protocol):
         self._waiting = False
         if self._closing:
             return
-        self._touch()
         if outcome is not None:
+            self._touch()
             self._perform(outcome)
         self._process()
 
