@@ -380,6 +380,8 @@ class SMTPConfig:
     data_timeout: float = _setting(300.0, _duration)
     max_connections: int = _setting(1000, _positive_int)
     max_connections_per_client: int = _setting(20, _positive_int)
+    # Processes accepting SMTP connections (the twistd process and processes - 1 workers).
+    processes: int = _setting(1, _int_between(1, 64))
     max_errors: int = _setting(10, _positive_int)
 
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
@@ -20,8 +19,9 @@ from twisted.python.threadpool import ThreadPool
 from mailserver import durable
 from mailserver.authlimit import LoginThrottle
 from mailserver.committer import GroupCommitter
-from mailserver.config import Config
+from mailserver.config import EMBEDDED_DEFAULT, Config
 from mailserver.limits import ConnectionLimiter
+from mailserver.listeners import ListenerService
 from mailserver.mailbox import MaildirMailboxStore
 from mailserver.maildir import MaildirStore
 from mailserver.pop3.server import POP3ServerFactory
@@ -30,6 +30,7 @@ from mailserver.smtp.server import SMTPServerFactory, Timeouts
 from mailserver.smtp.session import SessionPolicy
 from mailserver.spool import clean_stale
 from mailserver.userdb import AccountError, SQLiteUserDatabase, database_path
+from mailserver.workers import WorkerProcesses
 
 log = Logger()
 
@@ -99,21 +100,23 @@ class ThreadPoolService(Service):
 
 def _listen(
     parent: MultiService, reactor: Any, descriptions: tuple[str, ...], factory: Factory
-) -> None:
+) -> list[ListenerService]:
+    listeners = []
     for description in descriptions:
-        service = StreamServerEndpointService(serverFromString(reactor, description), factory)
-        # Bind in privilegedStartService (before twistd drops root), and fail loudly.
-        service._raiseSynchronously = True
-        service.setServiceParent(parent)
+        listener = ListenerService(serverFromString(reactor, description), factory)
+        listener.setServiceParent(parent)
+        listeners.append(listener)
+    return listeners
 
 
-def make_service(config: Config, reactor: Any) -> MultiService:
-    """Every service of the mail server, ready for ``twistd`` to start."""
+def _smtp_receiving(
+    config: Config, reactor: Any, top: MultiService
+) -> tuple[SMTPServerFactory, ThreadPool]:
+    """The SMTP factory and what it needs (thread pool, user database, committer, store),
+    as the twistd process and every SMTP worker process build it; and the thread pool."""
     data_dir = config.server.data_dir
-    top = MultiService()
     pool = ThreadPool(minthreads=0, maxthreads=config.server.worker_threads, name="mailserver")
     ThreadPoolService(pool).setServiceParent(top)
-
     users = SQLiteUserDatabase(
         database_path(data_dir),
         reactor,
@@ -123,9 +126,8 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     DataDirectoryService(data_dir, users, reactor).setServiceParent(top)
     committer = GroupCommitter(reactor)
     CommitterService(committer).setServiceParent(top)
-    store = MaildirStore(data_dir, config.server.hostname, committer)
     smtp = config.smtp
-    smtp_factory = SMTPServerFactory(
+    factory = SMTPServerFactory(
         policy=SessionPolicy(
             hostname=config.server.hostname,
             max_message_size=smtp.max_message_size,
@@ -136,20 +138,39 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         ),
         timeouts=Timeouts(command=smtp.command_timeout, data=smtp.data_timeout),
         users=users,
-        store=store,
+        store=MaildirStore(data_dir, config.server.hostname, committer),
         spool_directory=spool_directory(data_dir),
         limiter=ConnectionLimiter(smtp.max_connections, smtp.max_connections_per_client),
         reactor=reactor,
     )
-    _listen(top, reactor, smtp.listen, smtp_factory)
+    return factory, pool
+
+
+def make_worker_service(config: Config, reactor: Any) -> tuple[MultiService, SMTPServerFactory]:
+    """What an SMTP worker process runs: SMTP receiving on listeners it inherits."""
+    top = MultiService()
+    factory, _ = _smtp_receiving(config, reactor, top)
+    return top, factory
+
+
+def make_service(config: Config, reactor: Any) -> MultiService:
+    """Every service of the mail server, ready for ``twistd`` to start."""
+    top = MultiService()
+    smtp_factory, pool = _smtp_receiving(config, reactor, top)
+    smtp_listeners = _listen(top, reactor, config.smtp.listen, smtp_factory)
+    if config.smtp.processes > 1 and smtp_listeners:
+        config_path = None if config.source == EMBEDDED_DEFAULT else config.source
+        WorkerProcesses(
+            reactor, config.smtp.processes - 1, config_path, smtp_listeners
+        ).setServiceParent(top)
 
     pop3 = config.pop3
     pop3_factory = POP3ServerFactory(
         policy=POP3SessionPolicy(hostname=config.server.hostname),
         idle_timeout=pop3.idle_timeout,
         plaintext_auth=pop3.plaintext_auth,
-        users=users,
-        store=MaildirMailboxStore(data_dir, reactor, pool),
+        users=smtp_factory.users,
+        store=MaildirMailboxStore(config.server.data_dir, reactor, pool),
         limiter=ConnectionLimiter(POP3_MAX_CONNECTIONS, pop3.max_connections_per_client),
         throttle=LoginThrottle(reactor),
         reactor=reactor,

@@ -6,6 +6,7 @@ start-up is the thing under test), so no port is bound and no thread runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin
@@ -23,9 +23,11 @@ from zope.interface.verify import verifyObject
 from mailserver import service
 from mailserver.config import EMBEDDED_DEFAULT, Config, load_config, parse_config
 from mailserver.limits import Admission
+from mailserver.listeners import ListenerService
 from mailserver.smtp.server import SMTPServerFactory
 from mailserver.spool import STALE_AFTER
 from mailserver.userdb import SQLiteUserDatabase, database_path
+from mailserver.workers import WorkerProcesses
 
 CONFIG_DATA = Path(__file__).parent / "data" / "config"
 
@@ -71,20 +73,20 @@ def make_config(tmp_path: Path, text: str = CONFIG) -> Config:
     return parse_config(text, "test.toml", tmp_path)
 
 
-def listeners(top: MultiService) -> list[StreamServerEndpointService]:
-    return [child for child in top if isinstance(child, StreamServerEndpointService)]
+def listeners(top: MultiService) -> list[ListenerService]:
+    return [child for child in top if isinstance(child, ListenerService)]
 
 
 @pytest.mark.usefixtures("recorded_endpoints")
 def test_one_listener_per_smtp_endpoint(tmp_path: Path) -> None:
     """Every configured SMTP endpoint gets a listener built on the given reactor, serving one
-    shared SMTP factory, set to fail loudly at bind time; nothing is started."""
+    shared SMTP factory; nothing is bound or started yet."""
     reactor = MemoryReactorClock()
     top = make_service_for(tmp_path, reactor)
     built = listeners(top)
     assert [listener.endpoint.description for listener in built] == SMTP_ENDPOINTS
     assert all(listener.endpoint.reactor is reactor for listener in built)
-    assert all(listener._raiseSynchronously for listener in built)
+    assert all(listener.port is None for listener in built)
     [factory] = {id(listener.factory): listener.factory for listener in built}.values()
     assert isinstance(factory, SMTPServerFactory)
     assert not top.running
@@ -268,3 +270,16 @@ def test_plugin_makes_the_service_from_the_loaded_configuration(
     from twisted.internet import reactor
 
     assert calls == [(options["loaded"], reactor)]
+
+
+def test_smtp_workers_only_when_more_than_one_process(tmp_path: Path) -> None:
+    """smtp.processes = N adds a supervisor for N - 1 workers sharing the SMTP listeners; the
+    default of one process adds none."""
+    reactor = MemoryReactorClock()
+    config = make_config(tmp_path)
+    assert not [c for c in service.make_service(config, reactor) if isinstance(c, WorkerProcesses)]
+    several = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, processes=3))
+    [supervisor] = [
+        c for c in service.make_service(several, reactor) if isinstance(c, WorkerProcesses)
+    ]
+    assert supervisor._count == 2

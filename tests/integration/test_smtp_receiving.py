@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import smtplib
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -287,3 +290,29 @@ def test_bad_configuration_refuses_to_start(server_factory) -> None:  # type: ig
     errors = server.process.stderr.read().decode()  # type: ignore[union-attr]
     assert "smtp.max_recipeints" in errors and "smtp.max_message_size" in errors
     assert "Traceback" not in errors
+
+
+def test_worker_processes_share_the_smtp_listener(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """With smtp.processes = 2 a worker process accepts on the same listener: every message
+    is delivered, the worker's events reach the server's log, and stopping the server stops
+    the worker."""
+    server = server_factory({"smtp": {"processes": 2, "max_connections_per_client": 100}})
+    server.admin("user", "add", "alice@example.org", password="pw-alice-1")
+    server.start()
+    deadline = time.monotonic() + 30
+    while "accepting SMTP connections" not in server.log.read_text():
+        assert time.monotonic() < deadline, "the worker did not start"
+        time.sleep(0.1)
+
+    def send(index: int) -> None:
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as client:
+            client.sendmail("carol@sender.example", ["alice@example.org"], BODY)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(send, range(60)))
+    assert len(server.new_messages("alice@example.org")) == 60
+    server.stop()
+    log = server.log.read_text()
+    [pid] = re.findall(r"started SMTP worker 1 \(pid (\d+)\)", log)
+    assert "[mailserver.mail worker 1]" in log
+    assert not Path(f"/proc/{pid}").exists()
