@@ -392,6 +392,7 @@ class POP3Config:
     listen: tuple[str, ...] = _setting(("tcp:1110:interface=127.0.0.1",), _listen)
     # RFC 1939 §3: the autologout timer must be at least 10 minutes (shorter is allowed for tests).
     idle_timeout: float = _setting(600.0, _duration)
+    max_connections: int = _setting(1000, _positive_int)
     max_connections_per_client: int = _setting(10, _positive_int)
     plaintext_auth: str = _setting("loopback", _one_of("never", "loopback", "always"))
 
@@ -489,12 +490,13 @@ def _cross_checks(config: Config, table: Mapping[str, object], problems: _Proble
                 f"this machine's name {_show(config.server.hostname)} is not a usable domain "
                 "name; set server.hostname",
             )
-    if config.smtp.max_connections_per_client > config.smtp.max_connections:
-        problems.add(
-            "smtp.max_connections_per_client",
-            f"{config.smtp.max_connections_per_client} is more than smtp.max_connections "
-            f"({config.smtp.max_connections})",
-        )
+    for name, section in (("smtp", config.smtp), ("pop3", config.pop3)):
+        if section.max_connections_per_client > section.max_connections:
+            problems.add(
+                f"{name}.max_connections_per_client",
+                f"{section.max_connections_per_client} is more than {name}.max_connections "
+                f"({section.max_connections})",
+            )
 
 
 def _section(table: Mapping[str, object], name: str) -> Mapping[str, object]:
