@@ -283,3 +283,13 @@ def test_smtp_workers_only_when_more_than_one_process(tmp_path: Path) -> None:
         c for c in service.make_service(several, reactor) if isinstance(c, WorkerProcesses)
     ]
     assert supervisor._count == 2
+
+
+def test_free_memory_is_released_once_the_reactor_runs() -> None:
+    """The memory-trim service asks the reactor to release start-up garbage when it runs."""
+    from twisted.internet.testing import MemoryReactor
+
+    reactor = MemoryReactor()
+    service.MemoryTrimService(reactor).startService()
+    assert [hook for hook, _, _ in reactor.whenRunningHooks] == [service.release_free_memory]
+    service.release_free_memory()  # and doing it is harmless
