@@ -14,8 +14,9 @@ what RETR sends (RFC 1939 §11). Messages are numbered oldest first by the time 
 A listing is cached per mailbox against the ``st_mtime_ns`` and inode of ``new/`` and
 ``cur/``: any file created, renamed or removed there changes the directory's mtime. Because
 timestamps have a coarse granularity (two changes within one tick can leave the same mtime),
-a listing is cached only when both directories were last modified more than
-:data:`MTIME_SETTLE` seconds before the scan began.
+a listing is cached only when both directories were last modified a little before the scan
+began: :data:`FINE_MTIME_SETTLE` for nanosecond timestamps, :data:`MTIME_SETTLE` for
+whole-second ones.
 
 **UIDL.** The unique-id of a message is its Maildir unique name: the file name up to the
 ``:2,`` info part, so it is the same in ``new/`` and ``cur/`` whatever the flags, across
@@ -56,6 +57,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -79,12 +81,13 @@ from mailserver.maildir import create_maildir, maildir_path
 log = Logger()
 
 LOCK_FILE = ".pop3.lock"
-MTIME_SETTLE = 2.0  # seconds a directory must have been unchanged for its listing to be cached
+# Seconds a directory must have been unchanged for its listing to be cached: for mtimes in
+# whole seconds, and for nanosecond mtimes (well above the kernel's clock tick of 1-10 ms).
+MTIME_SETTLE = 2.0
+FINE_MTIME_SETTLE = 0.05
 MAX_CACHED_MESSAGES = 1_000_000  # entries over all cached listings, before the oldest go
 SEEN_FLAG = "S"
 _INFO_SEPARATOR = ":2,"
-_UID_CHARACTERS = re.compile(r"[\x21-\x7e]{1,70}")
-_TIME_PREFIX = re.compile(r"(\d+)\.M(\d+)")
 _LEADING_DIGITS = re.compile(r"\d+")
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
@@ -99,7 +102,8 @@ def unique_name(filename: str) -> str:
 
 def uid_for(unique: str) -> str:
     """The RFC 1939 §7 unique-id for a Maildir unique name."""
-    if _UID_CHARACTERS.fullmatch(unique):
+    # 1 to 70 characters in 0x21-0x7E (printable ASCII without the space).
+    if 0 < len(unique) <= 70 and unique.isascii() and unique.isprintable() and " " not in unique:
         return unique
     # Not usable as is: a digest is as stable, 1-70 characters of 0x21-0x7E, and "~" marks
     # it, as no unique name of ours starts with one.
@@ -108,10 +112,13 @@ def uid_for(unique: str) -> str:
 
 def size_from_name(unique: str) -> int | None:
     """The ``S=<size>`` field of a unique name (``<base>,S=<size>[,...]``), if there is one."""
-    for field in unique.split(",")[1:]:
-        if field.startswith("S=") and field[2:].isdigit():
-            return int(field[2:])
-    return None
+    start = unique.find(",S=")
+    if start < 0:
+        return None
+    start += 3
+    end = unique.find(",", start)
+    digits = unique[start:] if end < 0 else unique[start:end]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 def seen_name(filename: str) -> str:
@@ -124,54 +131,66 @@ def seen_name(filename: str) -> str:
     return f"{unique}{_INFO_SEPARATOR}{''.join(sorted(flags + SEEN_FLAG))}"
 
 
-def _order_key(unique: str) -> tuple[int, int, str]:
-    """Delivery order: seconds and microseconds of the name, then the name itself."""
-    match = _TIME_PREFIX.match(unique)
-    if match:
-        return int(match[1]), int(match[2]), unique
+def _delivery_time(unique: str) -> tuple[int, int]:
+    """Seconds and microseconds of a ``<seconds>.M<microseconds>...`` name, for ordering;
+    other names give their leading digits, or 0."""
+    seconds, _, rest = unique.partition(".")
+    if seconds.isascii() and seconds.isdigit():
+        if rest.startswith("M"):
+            match = _LEADING_DIGITS.match(rest, 1)
+            if match:
+                return int(seconds), int(match[0])
+        return int(seconds), 0
     match = _LEADING_DIGITS.match(unique)
-    return (int(match[0]) if match else 0), 0, unique
+    return (int(match[0]) if match else 0), 0
 
 
 # --- Listing ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StoredMessage:
-    """One message file: where it was when listed, and what POP3 says about it."""
+class StoredMessage(NamedTuple):
+    """Where one message file was when the mailbox was listed."""
 
-    unique: str
     subdir: str  # "new" or "cur"
     filename: str
-    info: MessageInfo
+
+    @property
+    def unique(self) -> str:
+        return unique_name(self.filename)
 
 
-def _scan_directory(directory: Path, subdir: str, found: dict[str, StoredMessage]) -> None:
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            name = entry.name
-            if name.startswith("."):
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
+def scan_maildir(path: Path) -> Listing:
+    """Every message in ``cur/`` and ``new/``, oldest first (blocking). This is the cost of a
+    first login, so it does the least per file: no stat (the size is in the name), plain
+    tuples, one sort."""
+    rows: list[tuple[int, int, str, str, str, int]] = []
+    in_cur: set[str] = set()
+    for subdir in ("cur", "new"):
+        with os.scandir(path / subdir) as entries:
+            for entry in entries:
+                name = entry.name
+                if name[:1] == ".":
                     continue
-                unique = unique_name(name)
-                size = size_from_name(unique)
-                if size is None:
-                    size = entry.stat(follow_symlinks=False).st_size
-            except FileNotFoundError:
-                continue  # moved or removed by another reader while we looked
-            if subdir == "new" and unique in found:
-                continue  # a crash mid-move left both names: the cur/ one counts
-            found[unique] = StoredMessage(unique, subdir, name, MessageInfo(uid_for(unique), size))
-
-
-def scan_maildir(path: Path) -> list[StoredMessage]:
-    """Every message in ``cur/`` and ``new/``, oldest first (blocking)."""
-    found: dict[str, StoredMessage] = {}
-    _scan_directory(path / "cur", "cur", found)
-    _scan_directory(path / "new", "new", found)
-    return sorted(found.values(), key=lambda message: _order_key(message.unique))
+                unique = name.partition(":")[0]
+                if unique in in_cur:
+                    continue  # a crash mid-move left it in new/ too: the cur/ one counts
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    size = size_from_name(unique)
+                    if size is None:
+                        size = entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue  # moved or removed by another reader while we looked
+                if subdir == "cur":
+                    in_cur.add(unique)
+                seconds, micros = _delivery_time(unique)
+                rows.append((seconds, micros, unique, subdir, name, size))
+    rows.sort()
+    return Listing(
+        tuple(StoredMessage(row[3], row[4]) for row in rows),
+        tuple(MessageInfo(uid_for(row[2]), row[5]) for row in rows),
+    )
 
 
 _DirectoryKey = tuple[int, int, int, int]
@@ -183,11 +202,6 @@ class Listing:
 
     stored: tuple[StoredMessage, ...]
     infos: tuple[MessageInfo, ...]
-
-    @classmethod
-    def of(cls, stored: Iterable[StoredMessage]) -> Listing:
-        messages = tuple(stored)
-        return cls(messages, tuple(message.info for message in messages))
 
 
 @dataclass(frozen=True)
@@ -204,10 +218,14 @@ class ListingCache:
     """
 
     def __init__(
-        self, max_messages: int = MAX_CACHED_MESSAGES, settle: float = MTIME_SETTLE
+        self,
+        max_messages: int = MAX_CACHED_MESSAGES,
+        settle: float = MTIME_SETTLE,
+        fine_settle: float = FINE_MTIME_SETTLE,
     ) -> None:
         self._max_messages = max_messages
         self._settle = settle
+        self._fine_settle = fine_settle
         self._listings: OrderedDict[Path, _CachedListing] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
@@ -223,10 +241,14 @@ class ListingCache:
             if cached is not None and cached.key == key:
                 self._listings.move_to_end(path)
                 return cached.listing
-        listing = Listing.of(scan_maildir(path))
+        listing = scan_maildir(path)
         # Trust the key only if no later change could leave the same mtime: the directories
-        # must have been quiet for longer than any timestamp granularity before we looked.
-        if max(new.st_mtime, cur.st_mtime) < started - self._settle:
+        # must have been quiet for longer than the timestamp granularity before we looked.
+        # Nanosecond mtimes (ext4, xfs, btrfs, tmpfs) tick with the kernel clock, a few ms;
+        # mtimes in whole seconds (ext3, some network filesystems) need whole seconds.
+        fine = new.st_mtime_ns % 1_000_000_000 and cur.st_mtime_ns % 1_000_000_000
+        settle = self._fine_settle if fine else self._settle
+        if max(new.st_mtime, cur.st_mtime) < started - settle:
             self._store(path, _CachedListing(key, listing))
         return listing
 

@@ -288,10 +288,28 @@ def test_recently_changed_directories_are_not_cached(tmp_path: Path) -> None:
     """A directory changed within the mtime granularity is listed afresh every time, so a
     second change in the same tick cannot hide behind an equal mtime."""
     deliver(tmp_path, b"one")
-    cache = ListingCache()
+    cache = ListingCache(settle=30, fine_settle=30)
     path = maildir_path(tmp_path, ADDRESS)
     first = cache.listing(path)
     assert cache.listing(path) is not first
+
+
+def test_whole_second_mtimes_need_the_longer_settle(tmp_path: Path) -> None:
+    """An mtime one second old is trusted when it has nanoseconds (ext4), not when it is a
+    whole second (a coarse filesystem, where a change a moment later keeps the same mtime)."""
+    deliver(tmp_path, b"one")
+    path = maildir_path(tmp_path, ADDRESS)
+    cache = ListingCache(settle=10, fine_settle=0.5)
+    fine = time.time_ns() - 1_000_000_000 + 123_456
+    for sub in ("new", "cur"):
+        os.utime(path / sub, ns=(fine, fine))
+    first = cache.listing(path)
+    assert cache.listing(path) is first
+    coarse = (time.time_ns() // 1_000_000_000 - 1) * 1_000_000_000
+    for sub in ("new", "cur"):
+        os.utime(path / sub, ns=(coarse, coarse))
+    second = cache.listing(path)
+    assert cache.listing(path) is not second
 
 
 def test_cache_is_bounded(tmp_path: Path) -> None:

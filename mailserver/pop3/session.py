@@ -148,6 +148,8 @@ class POP3Session:
         self._pending: Authenticate | None = None
         self._messages: Sequence[MessageInfo] = ()
         self._deleted: set[int] = set()
+        self._total_size = 0  # of the whole snapshot
+        self._deleted_size = 0  # of the messages marked as deleted
         self._retrieved: set[int] = set()
 
     # -- entry points -------------------------------------------------------------------
@@ -224,6 +226,7 @@ class POP3Session:
         self.state = State.TRANSACTION
         self.address = address
         self._messages = messages
+        self._total_size = sum(message.size for message in messages)
         count, size = self._totals()
         return replies.LOGGED_IN.with_text(
             f"Logged in as {address}: {count} messages ({size} octets)"
@@ -269,14 +272,12 @@ class POP3Session:
         return reply
 
     def _totals(self) -> tuple[int, int]:
-        """Count and octets of the messages not marked as deleted (RFC 1939 §5, STAT)."""
-        count = 0
-        size = 0
-        for index, message in enumerate(self._messages):
-            if index not in self._deleted:
-                count += 1
-                size += message.size
-        return count, size
+        """Count and octets of the messages not marked as deleted (RFC 1939 §5, STAT), kept
+        up to date rather than summed on each call: mailboxes can hold 100,000 messages."""
+        return (
+            len(self._messages) - len(self._deleted),
+            self._total_size - self._deleted_size,
+        )
 
     def _message_number(self, argument: str) -> int | Reply:
         """The 0-based index for a message-number argument, or the error reply."""
@@ -451,6 +452,7 @@ class POP3Session:
         if isinstance(index, Reply):
             return self._error(index)
         self._deleted.add(index)  # RFC 1939 §5: only marked; removed in the UPDATE state
+        self._deleted_size += self._messages[index].size
         return replies.DELETED.with_text(f"Message {index + 1} deleted")
 
     def _noop(self, argument: str) -> Outcome:
@@ -458,6 +460,7 @@ class POP3Session:
 
     def _rset(self, argument: str) -> Outcome:
         self._deleted.clear()  # RFC 1939 §5: unmark every message marked as deleted
+        self._deleted_size = 0
         count, size = self._totals()
         return replies.RESET.with_text(f"Maildrop has {count} messages ({size} octets)")
 
