@@ -105,9 +105,9 @@ class OpenMailbox:
 
 @dataclass(frozen=True)
 class SendMessage:
-    """Open message ``index`` (0-based); if it opens, send ``reply`` and then the message,
-    byte-stuffed: all of it (RETR), or its header and ``top_lines`` body lines (TOP). If it
-    does not open, call :meth:`POP3Session.message_unavailable`."""
+    """Send ``reply`` and then message ``index`` (0-based), byte-stuffed: all of it (RETR), or
+    its header and ``top_lines`` body lines (TOP). If its first read fails, nothing is sent:
+    call :meth:`POP3Session.message_unavailable` for the reply instead."""
 
     reply: Reply
     index: int
