@@ -19,7 +19,6 @@ is released without change (RFC 1939 §6). Only QUIT applies deletions.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 from collections.abc import Callable
 
@@ -55,6 +54,7 @@ from mailserver.pop3.session import (
     SessionPolicy,
 )
 from mailserver.pop3.stuffing import Encoder, encoder_for
+from mailserver.tcp import disable_nagle
 
 log = Logger()
 
@@ -272,7 +272,7 @@ class POP3ServerProtocol(Protocol):
             self._close_with(refusal)
             return
         self._admitted = True
-        _set_no_delay(self.transport)
+        disable_nagle(self.transport)
         self.session = POP3Session(
             self.factory.policy, plaintext_allowed(self.factory.plaintext_auth, peer)
         )
@@ -557,11 +557,3 @@ class POP3ServerProtocol(Protocol):
             self._abort()  # in the middle of a message: no reply can be sent
         else:
             self._close_with(replies.TIMEOUT)
-
-
-def _set_no_delay(transport: object) -> None:
-    """Replies must leave at once, not wait for the client's delayed ACK."""
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        with contextlib.suppress(OSError):
-            set_no_delay(True)

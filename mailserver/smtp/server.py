@@ -9,7 +9,6 @@ always go out in command order (RFC 2920).
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from mailserver.smtp.session import (
     refusal,
 )
 from mailserver.spool import Spool
+from mailserver.tcp import disable_nagle
 
 log = Logger()
 
@@ -134,7 +134,7 @@ class SMTPServerProtocol(Protocol):
             self._close_with(refusal)
             return
         self._admitted = True
-        _disable_nagle(self.transport)
+        disable_nagle(self.transport)
         self.session = SMTPSession(
             self.factory.policy,
             ClientInfo(self._client, int(getattr(peer, "port", 0))),
@@ -457,11 +457,3 @@ class SMTPServerProtocol(Protocol):
         if content is not None:
             self._reject_content(content, replies.TIMEOUT, self._session.transaction)
         self._close_with(replies.TIMEOUT)
-
-
-def _disable_nagle(transport: object) -> None:
-    """Replies must leave at once, not wait for the client's delayed ACK."""
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        with contextlib.suppress(OSError):
-            set_no_delay(True)
