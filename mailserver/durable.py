@@ -8,11 +8,18 @@ worker thread, never from the reactor thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 _DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_full(error: BaseException) -> bool:
+    """Whether ``error`` means the disk or a quota is full: worth trying again later."""
+    return isinstance(error, OSError) and error.errno in _FULL_ERRNOS
 
 
 def fsync_file(fd: int) -> None:

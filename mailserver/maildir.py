@@ -13,7 +13,6 @@ the name lets a reader list a mailbox without a stat per message.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 import time
@@ -29,7 +28,6 @@ from mailserver.committer import Committer, Published
 from mailserver.interfaces import IMailStore, StorageFull
 from mailserver.spool import Spool
 
-_FULL_ERRORS = {errno.ENOSPC, errno.EDQUOT}
 MAILDIR_SUBDIRECTORIES = ("tmp", "new", "cur")
 
 
@@ -145,6 +143,6 @@ class MaildirStore:
 def _storage_full(failure: Failure) -> Failure:
     """ENOSPC or EDQUOT, wherever they happened, mean "try again later" (452 4.3.1)."""
     error = failure.value
-    if isinstance(error, OSError) and error.errno in _FULL_ERRORS:
+    if error is not None and durable.is_full(error):
         return Failure(StorageFull(str(error)))
     return failure

@@ -8,6 +8,7 @@ compared by their code and enhanced code against the names in :mod:`mailserver.s
 
 from __future__ import annotations
 
+import errno
 import itertools
 import re
 import shutil
@@ -797,6 +798,34 @@ class StoreFailureTests(ServerTestCase):
         self.assertEqual(client.codes()[-1:], codes(replies.MESSAGE_ACCEPTED))
         self.assertFalse(client.closed)
         self.assertEqual(len(self.store.mailboxes["bob@ours.example"]), 1)
+
+    def spool_fails(self, error: OSError) -> None:
+        def failing_write(spool: object, data: bytes) -> None:
+            raise error
+
+        self.patch(server.Spool, "write", failing_write)
+
+    def test_spooling_disk_full_answers_452_at_end_of_data(self) -> None:
+        """A full disk while the message arrives is answered 452 4.3.1 once the message has
+        ended (never a dropped connection), nothing is stored, and the session goes on."""
+        client = self.in_transaction()
+        self.spool_fails(OSError(errno.ENOSPC, "No space left on device"))
+        client.send(b"DATA\r\n" + message(BODY))
+        self.assertEqual(client.codes(), codes(replies.START_DATA, replies.INSUFFICIENT_STORAGE))
+        self.assertEqual(self.store.mailboxes, {})
+        self.assertEqual(self.spool_files(), [])
+        client.send(b"NOOP\r\n")
+        self.assertEqual(client.codes(), codes(replies.OK))
+        [rejected] = self.events_of("rejected")
+        self.assertEqual(rejected["code"], 452)
+
+    def test_spooling_io_error_answers_451(self) -> None:
+        """Another error while spooling is answered 451 4.3.0 at the end of the message."""
+        client = self.in_transaction()
+        self.spool_fails(OSError(errno.EIO, "Input/output error"))
+        client.send(b"DATA\r\n" + message(BODY))
+        self.assertEqual(client.codes(), codes(replies.START_DATA, replies.LOCAL_ERROR))
+        self.assertFalse(client.closed)
 
 
 class ConnectionLimitTests(ServerTestCase):

@@ -19,7 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailserver import events
+from mailserver import durable, events
 from mailserver.deadline import Deadline
 from mailserver.interfaces import IMailStore, IUserDatabase, RecipientLookup, StorageFull
 from mailserver.limits import Admission, ConnectionLimiter
@@ -88,7 +88,8 @@ class _Content:
 
     def __init__(self, spool: Spool | None, max_size: int) -> None:
         self.spool = spool
-        self.inspector = ContentInspector(spool.write if spool else _discard, max_size)
+        self.write_error: OSError | None = None
+        self.inspector = ContentInspector(self.write if spool else _discard, max_size)
         self.decoder: DotDecoder | None = None
         self.chunk_remaining = 0
         self.last = True
@@ -97,6 +98,17 @@ class _Content:
 
     def release(self) -> None:
         if self.spool is not None:
+            self.spool.discard()
+
+    def write(self, data: bytes) -> None:
+        """Spool the content; after a write error (disk full, say) read on and discard, so
+        the client still gets its reply at the end of the message."""
+        if self.write_error is not None or self.spool is None:
+            return
+        try:
+            self.spool.write(data)
+        except OSError as error:
+            self.write_error = error
             self.spool.discard()
 
 
@@ -272,6 +284,18 @@ class SMTPServerProtocol(Protocol):
             return
         summary = content.inspector.summary()
         transaction = self._session.transaction  # a refusal below ends it
+        if content.write_error is not None:
+            # Our trouble, never the client's: 452 for a full disk, else 451.
+            reply = (
+                replies.INSUFFICIENT_STORAGE
+                if durable.is_full(content.write_error)
+                else replies.LOCAL_ERROR
+            )
+            log.error("spooling failed: {error}", error=content.write_error)
+            self._reject_content(content, reply, transaction)
+            self._arm_timer(self.factory.timeouts.command)
+            self._perform(self._session.delivery_finished(reply))
+            return
         outcome = self._session.content_received(summary, content.last)
         refused = refusal(outcome)
         if refused is not None:
@@ -353,9 +377,8 @@ class SMTPServerProtocol(Protocol):
             content = _Content(None, 0)
             content.discard_reply = action.discard
         elif content is None:
-            spool = Spool(self.factory.spool_directory)
-            spool.write(action.trace_headers)
-            content = _Content(spool, action.max_size)
+            content = _Content(Spool(self.factory.spool_directory), action.max_size)
+            content.write(action.trace_headers)
         if action.chunk_size is None:
             content.decoder = DotDecoder(content.inspector)
         else:

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+# The server and the admin command run from the test's own directory, so they use the
+# installed package (as a user's would), not the source tree next to the tests.
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 MAILSERVER = [sys.executable, "-m", "mailserver"]
 
@@ -78,7 +79,12 @@ class RunningServer:
         if password is not None:
             command.append("--password-stdin")
         result = subprocess.run(
-            command, input=password, capture_output=True, text=True, cwd=ROOT, timeout=60
+            command,
+            input=password,
+            capture_output=True,
+            text=True,
+            cwd=self.directory,
+            timeout=60,
         )
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed: {result.stderr}")
@@ -96,7 +102,7 @@ class RunningServer:
                 "--config",
                 str(self.config),
             ],
-            cwd=ROOT,
+            cwd=self.directory,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
