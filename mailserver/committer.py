@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
@@ -93,6 +93,10 @@ class PendingJob:
 _STOP = object()
 
 
+class CommitterStopped(Exception):
+    """A job came after the committer stopped: nothing was written."""
+
+
 class GroupCommitter:
     """Runs :class:`Job` instances in batches on ``threads`` threads; see the module docstring."""
 
@@ -101,6 +105,7 @@ class GroupCommitter:
         self._thread_count = threads
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._stopped = False
 
     def start(self) -> None:
         for index in range(self._thread_count):
@@ -111,7 +116,8 @@ class GroupCommitter:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Finish every job already submitted, then end the threads."""
+        """Finish every job already submitted, then end the threads; later jobs fail."""
+        self._stopped = True
         for _ in self._threads:
             self._queue.put(_STOP)
         for thread in self._threads:
@@ -120,6 +126,10 @@ class GroupCommitter:
 
     def submit(self, job: Job[T]) -> Deferred[T]:
         """Fires, in the reactor thread, with the job's result once it is durable."""
+        if self._stopped:
+            # The server is shutting down: answer at once (the client hears 451, try later).
+            job.cleanup()
+            return fail(CommitterStopped("the server is shutting down"))
         deferred: Deferred[T] = Deferred()
         self._queue.put(PendingJob(job, deferred))
         return deferred

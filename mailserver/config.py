@@ -490,6 +490,13 @@ def _cross_checks(config: Config, table: Mapping[str, object], problems: _Proble
                 f"this machine's name {_show(config.server.hostname)} is not a usable domain "
                 "name; set server.hostname",
             )
+    if config.smtp.processes > 1 and any(
+        listen.startswith("ssl:") for listen in config.smtp.listen
+    ):
+        problems.add(
+            "smtp.processes",
+            "worker processes cannot share an ssl: listener yet; use 1 process with ssl:",
+        )
     for name, section in (("smtp", config.smtp), ("pop3", config.pop3)):
         if section.max_connections_per_client > section.max_connections:
             problems.add(

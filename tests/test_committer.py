@@ -12,7 +12,13 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from mailserver import durable
-from mailserver.committer import GroupCommitter, PendingJob, Published, commit_batch
+from mailserver.committer import (
+    CommitterStopped,
+    GroupCommitter,
+    PendingJob,
+    Published,
+    commit_batch,
+)
 
 
 class FakeJob:
@@ -167,3 +173,17 @@ def test_threads_commit_every_submitted_job_before_stopping(
     committer.stop()
     assert sorted(results, key=int) == [str(index) for index in range(50)]
     assert synced.count(tmp_path) < 10
+
+
+def test_a_job_after_stop_fails_at_once(tmp_path: Path) -> None:
+    """Once the committer has stopped (the server is shutting down), a new job fails at once
+    with CommitterStopped, after its cleanup, instead of waiting forever."""
+    committer = GroupCommitter(CallingReactor(), threads=1)  # type: ignore[arg-type]
+    committer.start()
+    committer.stop()
+    log: list[str] = []
+    results: list[Any] = []
+    committer.submit(FakeJob("late", tmp_path, log)).addBoth(results.append)
+    [failure] = results
+    assert failure.check(CommitterStopped)
+    assert log == ["cleanup late"]

@@ -319,6 +319,22 @@ def test_per_client_limit_cannot_exceed_total() -> None:
     ]
     config = parse("[smtp]\nmax_connections = 5\nmax_connections_per_client = 5")
     assert config.smtp.max_connections_per_client == 5
+    assert problems("[pop3]\nmax_connections = 5") == [
+        "test.toml: pop3.max_connections_per_client: 10 is more than pop3.max_connections (5)"
+    ]
+
+
+def test_processes_range_and_no_shared_ssl_listener(tmp_path: Path) -> None:
+    """smtp.processes is 1 to 64; worker processes cannot share an ssl: listener (they would
+    serve it without TLS), so that combination is an error."""
+    assert parse("[smtp]\nprocesses = 4").smtp.processes == 4
+    assert len(problems("[smtp]\nprocesses = 0")) == 1
+    cert, key = _write_self_signed(tmp_path)
+    endpoint = f"ssl:465:privateKey={key}:certKey={cert}"
+    assert problems(f'[smtp]\nprocesses = 2\nlisten = "{endpoint}"') == [
+        "test.toml: smtp.processes: worker processes cannot share an ssl: listener yet;"
+        " use 1 process with ssl:"
+    ]
 
 
 # --- Listeners.

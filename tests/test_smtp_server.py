@@ -731,6 +731,16 @@ class ChunkingTests(ServerTestCase):
         self.assertFalse(client.closed)
         self.assertEqual(self.spool_files(), [])
 
+    def test_runaway_refused_chunk_cut_off(self) -> None:
+        """A huge BDAT chunk that is read only to be refused is not read forever: past twice
+        the limit the connection is closed with 552 5.3.4."""
+        client = self.connect(policy=replace(POLICY, max_message_size=1 * MiB))
+        client.send(EHLO + b"BDAT 100000000000\r\n" + b"x" * (2 * MiB))
+        self.assertEqual(client.codes(), EHLO_REPLY)
+        client.send(b"x")
+        self.assertEqual(client.codes(), codes(replies.MESSAGE_TOO_BIG))
+        self.assertTrue(client.closed)
+
     def test_empty_chunk_without_transaction(self) -> None:
         """ "BDAT 0 LAST" with no transaction is refused at once, not after further input."""
         client = self.connect()

@@ -267,10 +267,9 @@ class SMTPServerProtocol(Protocol):
             self._cut_off_runaway(content)
 
     def _cut_off_runaway(self, content: _Content) -> None:
-        """Past twice the size limit, stop reading an endless message and hang up."""
-        if content.discard_reply is None and content.inspector.size > 2 * max(
-            self.factory.policy.max_message_size, 1024 * 1024
-        ):
+        """Past twice the size limit (or 2 MiB for a small limit), stop reading an endless
+        message, or a refused chunk, and hang up."""
+        if content.inspector.size > 2 * max(self.factory.policy.max_message_size, 1024 * 1024):
             self._reject_content(content, replies.MESSAGE_TOO_BIG, self._session.transaction)
             self._close_with(replies.MESSAGE_TOO_BIG)
 
