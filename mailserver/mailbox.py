@@ -384,10 +384,13 @@ class MaildirMailbox:
             path = self._locate(message)
             if path is None:
                 continue  # already gone: what DELE asked for
-            durable.remove_quietly(path)
-            if os.path.lexists(path):
-                failed.append(message.unique)
-            touched.add(path.parent)
+            # A crash during an earlier move to cur/ can have left the new/ name too: both go,
+            # or the message would come back.
+            for name in dict.fromkeys((path, self.path / "new" / message.unique)):
+                durable.remove_quietly(name)
+                if os.path.lexists(name):
+                    failed.append(message.unique)
+                touched.add(name.parent)
         for index in seen:
             with contextlib.suppress(OSError):
                 moved = self._mark_seen(self._stored[index])

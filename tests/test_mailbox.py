@@ -271,6 +271,20 @@ def test_half_done_move_is_listed_once(tmp_path: Path) -> None:
     box.close()
 
 
+def test_deleting_a_half_moved_message_removes_both_names(tmp_path: Path) -> None:
+    """DELE of a message left under two names by a crash during its move to cur/ removes
+    both, so it does not come back in the next session."""
+    name = NAMES.new(3)
+    deliver(tmp_path, b"abc", name=name)
+    deliver(tmp_path, b"abc", subdir="cur", name=f"{name}:2,S")
+    box = make_store(tmp_path).open_mailbox_blocking(ADDRESS)
+    box.commit_blocking(deleted=[0], seen=[])
+    box.close()
+    again = make_store(tmp_path).open_mailbox_blocking(ADDRESS)
+    assert again.messages == []
+    again.close()
+
+
 def test_listing_cached_while_directories_unchanged(tmp_path: Path) -> None:
     """An untouched mailbox is listed from the cache; a delivery makes it list afresh."""
     deliver(tmp_path, b"one")

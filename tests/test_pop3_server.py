@@ -177,6 +177,8 @@ class POP3ServerTests(SynchronousTestCase):
         self.assertFalse(is_loopback(IPv4Address("TCP", "192.0.2.1", 1)))
         self.assertFalse(is_loopback(IPv6Address("TCP", "2001:db8::1", 1)))
         self.assertFalse(plaintext_allowed("never", UNIXAddress(b"/x")))
+        # Inside TLS (an ssl: listener) a password is always protected.
+        self.assertTrue(plaintext_allowed("never", IPv4Address("TCP", "192.0.2.9", 1), True))
 
     def test_unknown_user_and_wrong_password_look_the_same(self) -> None:
         """Both get the same bytes: USER never says whether the user exists."""

@@ -24,7 +24,13 @@ from collections.abc import Callable
 
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -84,10 +90,10 @@ def is_loopback(peer: object) -> bool:
     return address.is_loopback
 
 
-def plaintext_allowed(policy: str, peer: object) -> bool:
-    """Whether USER/PASS and SASL PLAIN may be used on an unencrypted connection from
-    ``peer`` under the configured ``plaintext_auth`` policy."""
-    if policy == "always":
+def plaintext_allowed(policy: str, peer: object, encrypted: bool = False) -> bool:
+    """Whether USER/PASS and SASL PLAIN may be used on this connection under the configured
+    ``plaintext_auth`` policy: always inside TLS, else as the policy says for ``peer``."""
+    if encrypted or policy == "always":
         return True
     if policy == "loopback":
         return is_loopback(peer)
@@ -274,7 +280,10 @@ class POP3ServerProtocol(Protocol):
         self._admitted = True
         disable_nagle(self.transport)
         self.session = POP3Session(
-            self.factory.policy, plaintext_allowed(self.factory.plaintext_auth, peer)
+            self.factory.policy,
+            plaintext_allowed(
+                self.factory.plaintext_auth, peer, ISSLTransport.providedBy(self.transport)
+            ),
         )
         self._send(self.session.greeting())
         self._touch()
