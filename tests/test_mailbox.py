@@ -281,7 +281,7 @@ def test_deleting_a_half_moved_message_removes_both_names(tmp_path: Path) -> Non
     box.commit_blocking(deleted=[0], seen=[])
     box.close()
     again = make_store(tmp_path).open_mailbox_blocking(ADDRESS)
-    assert again.messages == []
+    assert list(again.messages) == []
     again.close()
 
 
