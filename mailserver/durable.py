@@ -60,12 +60,6 @@ def link(source: Path, target: Path) -> None:
     os.link(source, target)
 
 
-def rename(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target`` atomically and durably (both directories fsync'd)."""
-    os.rename(source, target)
-    fsync_directories([target.parent, source.parent])
-
-
 def remove_quietly(path: Path) -> None:
     """Remove a file if it exists; used to clean up after a failure, so errors are ignored."""
     with contextlib.suppress(OSError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -81,18 +82,6 @@ def test_link_gives_a_second_name(tmp_path: Path) -> None:
         durable.link(source, target)
 
 
-def test_rename_fsyncs_both_directories(tmp_path: Path, synced_directories: list[Path]) -> None:
-    """rename() moves the file and fsyncs the target's directory, then the source's."""
-    (tmp_path / "from").mkdir()
-    (tmp_path / "to").mkdir()
-    source = tmp_path / "from" / "file"
-    source.write_bytes(b"x")
-    durable.rename(source, tmp_path / "to" / "file")
-    assert not source.exists()
-    assert (tmp_path / "to" / "file").read_bytes() == b"x"
-    assert synced_directories == [tmp_path / "to", tmp_path / "from"]
-
-
 def test_fsync_directories_once_each(tmp_path: Path, synced_directories: list[Path]) -> None:
     """fsync_directories syncs each distinct directory once, in first-seen order."""
     first, second = tmp_path / "1", tmp_path / "2"
@@ -123,3 +112,11 @@ def test_remove_quietly(tmp_path: Path) -> None:
     durable.remove_quietly(path)
     assert not path.exists()
     durable.remove_quietly(path)
+
+
+def test_is_full() -> None:
+    """ENOSPC and EDQUOT mean full (try later); other errors do not."""
+    assert durable.is_full(OSError(errno.ENOSPC, "full"))
+    assert durable.is_full(OSError(errno.EDQUOT, "quota"))
+    assert not durable.is_full(OSError(errno.EIO, "I/O"))
+    assert not durable.is_full(ValueError("no"))

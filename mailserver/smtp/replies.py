@@ -72,10 +72,8 @@ BAD_HELO = _reply("BAD_HELO", 501, "5.5.4", "Invalid domain or address literal")
 BAD_SENDER_SYNTAX = _reply("BAD_SENDER_SYNTAX", 501, "5.1.7", "Bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = _reply("BAD_RECIPIENT_SYNTAX", 501, "5.1.3", "Bad recipient address syntax")
 NOT_IMPLEMENTED = _reply("NOT_IMPLEMENTED", 502, "5.5.1", "Command not implemented")
-BAD_SEQUENCE = _reply("BAD_SEQUENCE", 503, "5.5.1", "Bad sequence of commands")
 NEED_HELO = _reply("NEED_HELO", 503, "5.5.1", "Send EHLO or HELO first")
 NEED_MAIL = _reply("NEED_MAIL", 503, "5.5.1", "Send MAIL first")
-NEED_RCPT = _reply("NEED_RCPT", 503, "5.5.1", "Send RCPT first")
 NESTED_MAIL = _reply("NESTED_MAIL", 503, "5.5.1", "Sender already given")
 BDAT_IN_PROGRESS = _reply(
     "BDAT_IN_PROGRESS", 503, "5.5.1", "BDAT transaction in progress: send BDAT or RSET"
@@ -111,7 +109,6 @@ TOO_MANY_CONNECTIONS = _reply(
 )
 SERVER_BUSY = _reply("SERVER_BUSY", 421, "4.3.2", "Too many connections, try again later")
 TIMEOUT = _reply("TIMEOUT", 421, "4.4.2", "Timeout, closing connection")
-SHUTTING_DOWN = _reply("SHUTTING_DOWN", 421, "4.3.2", "Service shutting down")
 
 # Our own trouble: always temporary (never 5xx for a problem of ours).
 INSUFFICIENT_STORAGE = _reply(
