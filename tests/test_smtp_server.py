@@ -29,10 +29,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailserver.address import Mailbox
 from mailserver.interfaces import RecipientLookup, StorageFull
 from mailserver.limits import ConnectionLimiter
+from mailserver.lineserver import PAUSE_BACKLOG
 from mailserver.memory import MemoryMailStore, MemoryUserDatabase
 from mailserver.smtp import replies, server
 from mailserver.smtp.replies import Reply
-from mailserver.smtp.server import PAUSE_BACKLOG, SMTPServerFactory, Timeouts, new_message_id
+from mailserver.smtp.server import SMTPServerFactory, Timeouts, new_message_id
 from mailserver.smtp.session import MAX_COMMAND_LINE, SessionPolicy
 from mailserver.spool import SPILL_THRESHOLD
 

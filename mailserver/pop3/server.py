@@ -31,7 +31,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ISSLTransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -47,6 +47,7 @@ from mailserver.interfaces import (
     MessageGone,
 )
 from mailserver.limits import Admission, ConnectionLimiter
+from mailserver.lineserver import LineServerProtocol
 from mailserver.pop3 import replies
 from mailserver.pop3.replies import Reply
 from mailserver.pop3.session import (
@@ -60,12 +61,10 @@ from mailserver.pop3.session import (
     SessionPolicy,
 )
 from mailserver.pop3.stuffing import Encoder, encoder_for
-from mailserver.tcp import disable_nagle
 
 log = Logger()
 
 CHUNK_SIZE = 64 * 1024  # octets read from a message file at a time
-PAUSE_BACKLOG = 64 * 1024  # pipelined input held while waiting, before reading pauses
 PLAINTEXT_POLICIES = ("never", "loopback", "always")
 
 
@@ -245,17 +244,10 @@ class MessageStreamer:
         self._on_done(failure)
 
 
-class POP3ServerProtocol(Protocol):
+class POP3ServerProtocol(LineServerProtocol):
     def __init__(self, factory: POP3ServerFactory) -> None:
+        super().__init__(factory.limiter)
         self.factory = factory
-        self._buffer = bytearray()
-        self._waiting = False  # for work the session asked for; input waits meanwhile
-        self._processing = False  # inside the input loop
-        self._paused = False
-        self._closing = False
-        self._discarding_line = False
-        self._admitted = False
-        self._client = "unknown"
         self._idle = Deadline(factory.reactor, self._idle_expired)
         self._throttle_call: IDelayedCall | None = None
         self._mailbox: IMailbox | None = None
@@ -265,38 +257,33 @@ class POP3ServerProtocol(Protocol):
 
     # -- connection life ----------------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self._client = str(getattr(peer, "host", "local"))
-        admission = self.factory.limiter.admit(self._client)
-        if admission is not Admission.ADMITTED:
-            refusal = (
-                replies.TOO_MANY_CONNECTIONS
-                if admission is Admission.TOO_MANY_FROM_CLIENT
-                else replies.SERVER_BUSY
-            )
-            self._close_with(refusal)
-            return
-        self._admitted = True
-        disable_nagle(self.transport)
+    @property
+    def line_limit(self) -> int:  # type: ignore[override]
+        return self._session.line_limit if self.session is not None else 255
+
+    def refusal(self, admission: Admission) -> Reply:
+        if admission is Admission.TOO_MANY_FROM_CLIENT:
+            return replies.TOO_MANY_CONNECTIONS
+        return replies.SERVER_BUSY
+
+    def connection_admitted(self, peer: object) -> None:
         self.session = POP3Session(
             self.factory.policy,
             plaintext_allowed(
                 self.factory.plaintext_auth, peer, ISSLTransport.providedBy(self.transport)
             ),
         )
-        self._send(self.session.greeting())
+        self.send(self.session.greeting())
         self._touch()
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self._closing = True
+    def bug_reply(self) -> Reply:
+        return replies.LOCAL_ERROR
+
+    def connection_released(self) -> None:
         self._idle.cancel()
         if self._throttle_call is not None and self._throttle_call.active():
             self._throttle_call.cancel()
         self._throttle_call = None
-        if self._admitted:
-            self.factory.limiter.release(self._client)
-            self._admitted = False
         if self._streamer is not None:
             self._streamer.stopProducing()
             self._streamer = None
@@ -304,58 +291,25 @@ class POP3ServerProtocol(Protocol):
             # RFC 1939 §6: without QUIT there is no UPDATE state; nothing is removed.
             self._release_mailbox()
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self._buffer += data
-        self._process()
-
     # -- the input loop -----------------------------------------------------------------
 
-    def _process(self) -> None:
-        if self._processing:
-            return  # work that finished at once: the loop below goes on with the next line
-        self._processing = True
-        try:
-            while self._buffer and not self._waiting and not self._closing:
-                if not self._next_line():
-                    break
-        finally:
-            self._processing = False
-        self._apply_backpressure()
+    def line_too_long(self) -> None:
+        # RFC 2449 §4: refused; the rest of the line is dropped up to its end.
+        self._perform(self._session.line_too_long())
 
-    def _next_line(self) -> bool:
-        """Handle one complete line; False when none is complete yet."""
-        buffer = self._buffer
-        end = buffer.find(b"\n")
-        if end < 0:
-            if len(buffer) >= self._session.line_limit:
-                # RFC 2449 §4: overlong. Refuse it now, then drop its bytes until it ends.
-                del buffer[:]
-                if not self._discarding_line:
-                    self._discarding_line = True
-                    self._perform(self._session.line_too_long())
-            return False
-        line = bytes(buffer[:end])
-        del buffer[: end + 1]
-        if self._discarding_line:
-            self._discarding_line = False
-            return True
-        if line.endswith(b"\r"):
-            line = line[:-1]
+    def line_received(self, line: bytes) -> None:
         self._touch()
         self._perform(self._session.handle_line(line))
-        return True
 
     # -- carrying out outcomes ------------------------------------------------------------
 
     def _perform(self, outcome: Outcome) -> None:
         if isinstance(outcome, Reply):
-            self._send(outcome)
+            self.send(outcome)
         elif isinstance(outcome, SendMessage):
             self._send_message(outcome)
         elif isinstance(outcome, Close):
-            self._close_with(outcome.reply)
+            self.close_with(outcome.reply)
         elif isinstance(outcome, Authenticate):
             self._authenticate(outcome)
         elif isinstance(outcome, OpenMailbox):
@@ -442,7 +396,7 @@ class POP3ServerProtocol(Protocol):
         def done(failure: Failure | None) -> None:
             self._streamer = None
             if failure is None:
-                self._resume(None)
+                self.stop_waiting(lambda: self._resume(None))
             elif self._closing:
                 pass
             elif not streamer.started:
@@ -450,7 +404,8 @@ class POP3ServerProtocol(Protocol):
                 gone = failure.check(MessageGone) is not None
                 if not gone:
                     log.failure("reading message {index} failed", failure, index=index)
-                self._resume(self._session.message_unavailable(index, gone))
+                unavailable = self._session.message_unavailable(index, gone)
+                self.stop_waiting(lambda: self._resume(unavailable))
             else:
                 # The status line is out: the only honest way to stop is to hang up.
                 log.failure("reading message {index} failed mid-stream", failure, index=index)
@@ -503,23 +458,12 @@ class POP3ServerProtocol(Protocol):
 
     def _wait_for(self, work: Deferred[Outcome]) -> None:
         """Hold the input loop until ``work`` gives the next outcome, then carry it out."""
-        self._waiting = True
-        work.addCallback(self._resume).addErrback(self._bug)
+        self.wait_for(work, self._resume)
 
     def _resume(self, outcome: Outcome | None) -> None:
-        self._waiting = False
-        if self._closing:
-            return
         if outcome is not None:
             self._touch()
             self._perform(outcome)
-        self._process()
-
-    def _bug(self, failure: Failure) -> None:
-        log.failure("unexpected error in POP3 session", failure)
-        self._waiting = False
-        if not self._closing:
-            self._close_with(replies.LOCAL_ERROR)
 
     # -- output, timers, flow control ------------------------------------------------------
 
@@ -528,26 +472,9 @@ class POP3ServerProtocol(Protocol):
         assert self.session is not None
         return self.session
 
-    def _send(self, reply: Reply) -> None:
-        self.transport.write(reply.to_bytes())  # type: ignore[union-attr]
-
-    def _close_with(self, reply: Reply) -> None:
-        self._send(reply)
-        self._closing = True
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
     def _abort(self) -> None:
         self._closing = True
         self.transport.abortConnection()  # type: ignore[union-attr]
-
-    def _apply_backpressure(self) -> None:
-        should_pause = self._waiting and len(self._buffer) > PAUSE_BACKLOG
-        if should_pause and not self._paused:
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-            self._paused = True
-        elif not should_pause and self._paused:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _touch(self) -> None:
         """Note activity (a command arrived, or a message made progress): RFC 1939 §3's
@@ -565,4 +492,4 @@ class POP3ServerProtocol(Protocol):
         if self._streamer is not None:
             self._abort()  # in the middle of a message: no reply can be sent
         else:
-            self._close_with(replies.TIMEOUT)
+            self.close_with(replies.TIMEOUT)

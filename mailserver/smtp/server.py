@@ -15,7 +15,7 @@ from pathlib import Path
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -23,6 +23,7 @@ from mailserver import durable, events
 from mailserver.deadline import Deadline
 from mailserver.interfaces import IMailStore, IUserDatabase, RecipientLookup, StorageFull
 from mailserver.limits import Admission, ConnectionLimiter
+from mailserver.lineserver import LineServerProtocol, WireReply
 from mailserver.smtp import replies
 from mailserver.smtp.data import ContentInspector, DotDecoder
 from mailserver.smtp.replies import Reply
@@ -40,11 +41,8 @@ from mailserver.smtp.session import (
     refusal,
 )
 from mailserver.spool import Spool
-from mailserver.tcp import disable_nagle
 
 log = Logger()
-
-PAUSE_BACKLOG = 64 * 1024  # pipelined input held while waiting, before reading pauses
 
 
 @dataclass(frozen=True)
@@ -116,63 +114,45 @@ def _discard(data: bytes) -> None:
     """Sink for content that is read only to be thrown away."""
 
 
-class SMTPServerProtocol(Protocol):
+class SMTPServerProtocol(LineServerProtocol):
+    line_limit = MAX_COMMAND_LINE
+
     def __init__(self, factory: SMTPServerFactory) -> None:
+        super().__init__(factory.limiter)
         self.factory = factory
-        self._buffer = bytearray()
         self._content: _Content | None = None
-        self._waiting = False
-        self._processing = False
-        self._paused = False
-        self._closing = False
-        self._discarding_line = False
-        self._admitted = False
         self._deadline = Deadline(factory.reactor, self._timed_out)
-        self._client = "unknown"
         self.session: SMTPSession | None = None
 
     # -- connection life ----------------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self._client = str(getattr(peer, "host", "local"))
-        admission = self.factory.limiter.admit(self._client)
-        if admission is not Admission.ADMITTED:
-            refusal = (
-                replies.TOO_MANY_CONNECTIONS
-                if admission is Admission.TOO_MANY_FROM_CLIENT
-                else replies.SERVER_BUSY
-            )
-            self._close_with(refusal)
-            return
-        self._admitted = True
-        disable_nagle(self.transport)
+    def refusal(self, admission: Admission) -> Reply:
+        if admission is Admission.TOO_MANY_FROM_CLIENT:
+            return replies.TOO_MANY_CONNECTIONS
+        return replies.SERVER_BUSY
+
+    def connection_admitted(self, peer: object) -> None:
         self.session = SMTPSession(
             self.factory.policy,
             ClientInfo(self._client, int(getattr(peer, "port", 0))),
             now=self.factory.reactor.seconds,
             new_id=new_message_id,
         )
-        self._send(self.session.greeting())
+        self.send(self.session.greeting())
         self._arm_timer(self.factory.timeouts.command)
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self._closing = True
+    def connection_released(self) -> None:
         self._cancel_timer()
-        if self._admitted:
-            self.factory.limiter.release(self._client)
-            self._admitted = False
         if self._content is not None and not self._waiting:
             self._content.release()
         self._content = None
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self._buffer += data
+    def input_arrived(self) -> None:
         if self._receiving and not self._waiting:
             self._arm_timer(self.factory.timeouts.data)
-        self._process()
+
+    def bug_reply(self) -> Reply:
+        return replies.LOCAL_ERROR
 
     @property
     def _receiving(self) -> bool:
@@ -180,70 +160,40 @@ class SMTPServerProtocol(Protocol):
 
     # -- the input loop -----------------------------------------------------------------
 
-    def _process(self) -> None:
-        if self._processing:
-            # A look-up or delivery answered at once, from inside the loop below: the loop
-            # carries on by itself (recursing here would grow the stack per command).
-            return
-        self._processing = True
-        try:
-            while (
-                (self._buffer or self._empty_chunk_pending)
-                and not self._waiting
-                and not self._closing
-            ):
-                content = self._content
-                if content is None or not content.receiving:
-                    if not self._next_command():
-                        break
-                elif content.decoder is not None:
-                    self._feed_data(content, content.decoder)
-                else:
-                    self._feed_chunk(content)
-        finally:
-            self._processing = False
-        self._apply_backpressure()
-
-    @property
-    def _empty_chunk_pending(self) -> bool:
-        """A chunk of zero octets (RFC 3030 §2: "BDAT 0 LAST") is complete with no input."""
+    def input_pending(self) -> bool:
+        # A chunk of zero octets (RFC 3030 §2: "BDAT 0 LAST") is complete with no input.
         content = self._content
-        return (
+        return bool(self._buffer) or (
             content is not None
             and content.receiving
             and content.decoder is None
             and content.chunk_remaining == 0
         )
 
-    def _next_command(self) -> bool:
-        """Handle one complete command line; False when none is complete yet."""
-        end = self._buffer.find(b"\n")
-        if end < 0:
-            if len(self._buffer) >= MAX_COMMAND_LINE:
-                # Overlong: refuse it now, then drop its bytes until its line ends.
-                del self._buffer[:]
-                if not self._discarding_line:
-                    self._discarding_line = True
-                    self._perform(self._session.line_too_long())
-            return False
-        line = bytes(self._buffer[:end])
-        del self._buffer[: end + 1]
-        if self._discarding_line:
-            self._discarding_line = False
-            return True
-        if line.endswith(b"\r"):
-            line = line[:-1]
+    def input_step(self) -> bool:
+        content = self._content
+        if content is None or not content.receiving:
+            return self.next_line()
+        if content.decoder is not None:
+            self._feed_data(content, content.decoder)
+        else:
+            self._feed_chunk(content)
+        return True
+
+    def line_too_long(self) -> None:
+        self._perform(self._session.line_too_long())
+
+    def line_received(self, line: bytes) -> None:
         self._arm_timer(self.factory.timeouts.command)
         self._perform(self._session.handle_line(line))
         if (
             self._content is not None
             and not self._content.receiving
-            and (self._session.transaction is None)
+            and self._session.transaction is None
         ):
             # RSET or EHLO between BDAT chunks ended the transaction.
             self._content.release()
             self._content = None
-        return True
 
     def _feed_data(self, content: _Content, decoder: DotDecoder) -> None:
         data = bytes(self._buffer)
@@ -271,7 +221,7 @@ class SMTPServerProtocol(Protocol):
         message, or a refused chunk, and hang up."""
         if content.inspector.size > 2 * max(self.factory.policy.max_message_size, 1024 * 1024):
             self._reject_content(content, replies.MESSAGE_TOO_BIG, self._session.transaction)
-            self._close_with(replies.MESSAGE_TOO_BIG)
+            self.close_with(replies.MESSAGE_TOO_BIG)
 
     def _content_finished(self, content: _Content) -> None:
         content.receiving = False
@@ -331,9 +281,9 @@ class SMTPServerProtocol(Protocol):
 
     def _perform(self, outcome: Outcome) -> None:
         if isinstance(outcome, Reply):
-            self._send(outcome)
+            self.send(outcome)
         elif isinstance(outcome, Close):
-            self._close_with(outcome.reply)
+            self.close_with(outcome.reply)
         elif isinstance(outcome, CheckRecipient):
             self._check_recipient(outcome)
         elif isinstance(outcome, ReceiveContent):
@@ -370,7 +320,7 @@ class SMTPServerProtocol(Protocol):
 
     def _receive_content(self, action: ReceiveContent) -> None:
         if action.reply is not None:
-            self._send(action.reply)
+            self.send(action.reply)
         content = self._content
         if action.discard is not None:
             content = _Content(None, 0)
@@ -422,26 +372,14 @@ class SMTPServerProtocol(Protocol):
 
     def _wait_for(self, work: Deferred[Outcome] | Deferred[Reply]) -> None:
         """Hold the input loop until ``work`` gives the next outcome, then carry it out."""
-        self._waiting = True
         self._cancel_timer()
+        self.wait_for(work, self._resume)
 
-        def resume(outcome: Outcome) -> None:
-            self._waiting = False
-            if self._closing:
-                return
-            self._arm_timer(
-                self.factory.timeouts.data if self._content else self.factory.timeouts.command
-            )
-            self._perform(outcome)
-            self._process()
-
-        def bug(failure: Failure) -> None:
-            log.failure("unexpected error in SMTP session", failure)
-            self._waiting = False
-            if not self._closing:
-                self._close_with(replies.LOCAL_ERROR)
-
-        work.addCallback(resume).addErrback(bug)
+    def _resume(self, outcome: Outcome) -> None:
+        self._arm_timer(
+            self.factory.timeouts.data if self._content else self.factory.timeouts.command
+        )
+        self._perform(outcome)
 
     # -- output, timers, flow control ------------------------------------------------------
 
@@ -450,23 +388,9 @@ class SMTPServerProtocol(Protocol):
         assert self.session is not None
         return self.session
 
-    def _send(self, reply: Reply) -> None:
-        self.transport.write(reply.to_bytes())  # type: ignore[union-attr]
-
-    def _close_with(self, reply: Reply) -> None:
-        self._send(reply)
-        self._closing = True
+    def close_with(self, reply: WireReply) -> None:
         self._cancel_timer()
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def _apply_backpressure(self) -> None:
-        should_pause = self._waiting and len(self._buffer) > PAUSE_BACKLOG
-        if should_pause and not self._paused:
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-            self._paused = True
-        elif not should_pause and self._paused and not self._closing:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        super().close_with(reply)
 
     def _arm_timer(self, seconds: float) -> None:
         self._deadline.set(seconds)
@@ -478,4 +402,4 @@ class SMTPServerProtocol(Protocol):
         content = self._content
         if content is not None:
             self._reject_content(content, replies.TIMEOUT, self._session.transaction)
-        self._close_with(replies.TIMEOUT)
+        self.close_with(replies.TIMEOUT)

@@ -1,0 +1,189 @@
+"""What our line-based server protocols (SMTP and POP3) share.
+
+A connection is first counted against the listener's limits and refused with the protocol's
+own reply when there are too many. Then an input loop takes command lines one by one
+(pipelining: RFC 2920, RFC 2449), refuses an overlong line once and drops its bytes up to its
+end, and stops while the session waits for work it asked for (a look-up, a delivery, a
+mailbox), so replies always go out in command order; once a little input has piled up
+meanwhile, reading is paused. Subclasses say what a line means and what to send.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailserver.limits import Admission, ConnectionLimiter
+from mailserver.tcp import disable_nagle
+
+log = Logger()
+
+PAUSE_BACKLOG = 64 * 1024  # pipelined input held while waiting, before reading pauses
+
+
+class WireReply(Protocol):
+    def to_bytes(self) -> bytes: ...
+
+
+class LineServerProtocol(TwistedProtocol, ABC):
+    """The shared connection life and input loop; see the module docstring."""
+
+    line_limit: int  # octets a command line may have, its CRLF included
+
+    def __init__(self, limiter: ConnectionLimiter) -> None:
+        self._limiter = limiter
+        self._buffer = bytearray()
+        self._waiting = False  # for work the session asked for; input waits meanwhile
+        self._processing = False  # inside the input loop
+        self._paused = False
+        self._closing = False
+        self._discarding_line = False
+        self._admitted = False
+        self._client = "unknown"
+
+    # -- what a subclass provides --------------------------------------------------------
+
+    @abstractmethod
+    def refusal(self, admission: Admission) -> WireReply:
+        """The reply for a connection over one of the limits."""
+
+    @abstractmethod
+    def connection_admitted(self, peer: object) -> None:
+        """Start the session: greet the client."""
+
+    @abstractmethod
+    def line_received(self, line: bytes) -> None:
+        """Handle one command line, without its line ending."""
+
+    @abstractmethod
+    def line_too_long(self) -> None:
+        """Refuse a line longer than :attr:`line_limit` (once per such line)."""
+
+    def connection_released(self) -> None:
+        """Release what the session holds; the connection is gone."""
+
+    @abstractmethod
+    def bug_reply(self) -> WireReply:
+        """The reply for a bug of ours met while waiting for work."""
+
+    def input_step(self) -> bool:
+        """Consume some input; False when nothing can be done until more arrives."""
+        return self.next_line()
+
+    def input_pending(self) -> bool:
+        return bool(self._buffer)
+
+    # -- connection life ----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self._client = str(getattr(peer, "host", "local"))
+        admission = self._limiter.admit(self._client)
+        if admission is not Admission.ADMITTED:
+            self.close_with(self.refusal(admission))
+            return
+        self._admitted = True
+        disable_nagle(self.transport)
+        self.connection_admitted(peer)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        if self._admitted:
+            self._limiter.release(self._client)
+            self._admitted = False
+        self.connection_released()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._buffer += data
+        self.input_arrived()
+        self.process()
+
+    def input_arrived(self) -> None:
+        """Bytes have arrived (before they are processed)."""
+
+    # -- the input loop -----------------------------------------------------------------
+
+    def process(self) -> None:
+        if self._processing:
+            # Work that answered at once, from inside the loop below: the loop carries on by
+            # itself (recursing here would grow the stack per command).
+            return
+        self._processing = True
+        try:
+            while self.input_pending() and not self._waiting and not self._closing:
+                if not self.input_step():
+                    break
+        finally:
+            self._processing = False
+        self._apply_backpressure()
+
+    def next_line(self) -> bool:
+        """Handle one complete command line; False when none is complete yet."""
+        buffer = self._buffer
+        end = buffer.find(b"\n")
+        if end < 0:
+            if len(buffer) >= self.line_limit:
+                # Overlong: refuse it now, then drop its bytes until its line ends.
+                del buffer[:]
+                if not self._discarding_line:
+                    self._discarding_line = True
+                    self.line_too_long()
+            return False
+        line = bytes(buffer[:end])
+        del buffer[: end + 1]
+        if self._discarding_line:
+            self._discarding_line = False
+            return True
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        self.line_received(line)
+        return True
+
+    def wait_for(self, work: Deferred[Any], resume: Callable[[Any], None]) -> None:
+        """Hold the input loop until ``work`` fires; ``resume`` gets its result, then the
+        loop goes on. A failure here is a bug of ours: logged, answered, connection closed."""
+        self._waiting = True
+
+        def bug(failure: Failure) -> None:
+            log.failure("unexpected error in {protocol}", failure, protocol=type(self).__name__)
+            self._waiting = False
+            if not self._closing:
+                self.close_with(self.bug_reply())
+
+        work.addCallback(lambda result: self.stop_waiting(lambda: resume(result))).addErrback(bug)
+
+    def stop_waiting(self, then: Callable[[], None]) -> None:
+        """The work the input loop waited for is over: unless the connection is closing, run
+        ``then`` and let the loop go on."""
+        self._waiting = False
+        if self._closing:
+            return
+        then()
+        self.process()
+
+    # -- output and flow control ----------------------------------------------------------
+
+    def send(self, reply: WireReply) -> None:
+        self.transport.write(reply.to_bytes())  # type: ignore[union-attr]
+
+    def close_with(self, reply: WireReply) -> None:
+        self.send(reply)
+        self._closing = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _apply_backpressure(self) -> None:
+        should_pause = self._waiting and len(self._buffer) > PAUSE_BACKLOG
+        if should_pause and not self._paused:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self._paused = True
+        elif not should_pause and self._paused and not self._closing:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
