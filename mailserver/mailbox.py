@@ -343,26 +343,37 @@ class MaildirMailbox:
 
     def read_message(self, index: int, offset: int, size: int) -> Deferred[bytes]:
         try:
-            return defer.succeed(self._read(index, offset, size))
+            return defer.succeed(self._read(self._path_of(index), offset, size))
         except FileNotFoundError:
-            return defer.fail(MessageGone(self._stored[index].unique))
-        except (OSError, MessageGone):
+            # Moved by another Maildir reader? Finding it may scan all of cur/: not here, in
+            # the reactor thread, but on the thread pool.
+            return deferToThreadPool(
+                self._reactor, self._threadpool, self._read_moved, index, offset, size
+            )
+        except OSError:
             return defer.fail()
 
-    def _read(self, index: int, offset: int, size: int) -> bytes:
-        # The hot path of RETR: plain os calls on a string path, no stat, no pathlib.
+    def _path_of(self, index: int) -> str:
         path = self._paths.get(index)
         if path is None:
             message = self._stored[index]
             path = f"{self._directory}/{message.subdir}/{message.filename}"
+        return path
+
+    def _read_moved(self, index: int, offset: int, size: int) -> bytes:
+        moved = self._locate(self._stored[index])
+        if moved is None:
+            raise MessageGone(self._stored[index].unique)
+        self._paths[index] = str(moved)
         try:
-            fd = os.open(path, _READ_FLAGS)
+            return self._read(str(moved), offset, size)
         except FileNotFoundError:
-            moved = self._locate(self._stored[index])  # by another Maildir reader?
-            if moved is None:
-                raise MessageGone(self._stored[index].unique) from None
-            path = self._paths[index] = str(moved)
-            fd = os.open(path, _READ_FLAGS)
+            raise MessageGone(self._stored[index].unique) from None
+
+    @staticmethod
+    def _read(path: str, offset: int, size: int) -> bytes:
+        # The hot path of RETR: plain os calls on a string path, no stat, no pathlib.
+        fd = os.open(path, _READ_FLAGS)
         try:
             # POSIX: a read from a regular file returns fewer octets than asked only at the
             # end of the file, which is what IMailbox.read_message promises.

@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from twisted.python.threadpool import ThreadPool
+from twisted.python.failure import Failure
 
 from mailserver import durable, mailbox
 from mailserver.interfaces import (
@@ -33,9 +35,32 @@ ADDRESS = "alice@example.org"
 NAMES = UniqueNames("mx.example.org")
 
 
+class ImmediateThreadPool:
+    """Stand-in for ThreadPool: runs the call at once, here (so Deferreds fire at once)."""
+
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, object], None], func: Callable[..., Any], *args: Any
+    ) -> None:
+        try:
+            result = func(*args)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class ImmediateReactor:
+    def callFromThread(self, f: Callable[..., object], *args: object) -> None:
+        f(*args)
+
+
 def make_store(data_dir: Path, cache: ListingCache | None = None) -> MaildirMailboxStore:
-    # The blocking methods are used directly; the reactor and pool are never touched.
-    return MaildirMailboxStore(data_dir, reactor=None, threadpool=ThreadPool(), cache=cache)  # type: ignore[arg-type]
+    return MaildirMailboxStore(
+        data_dir,
+        reactor=ImmediateReactor(),  # type: ignore[arg-type]
+        threadpool=ImmediateThreadPool(),  # type: ignore[arg-type]
+        cache=cache,
+    )
 
 
 def deliver(data_dir: Path, data: bytes, subdir: str = "new", name: str | None = None) -> Path:
