@@ -4,7 +4,8 @@ Each client address with recent failures has an entry: how many failures in a ro
 earliest time its next attempt may be checked. Every attempt first asks :meth:`reserve` how
 long to wait; the delay grows with the failures (by default 0, 2, 4, 8, then 15 s each) and
 attempts from one address are spaced out one after the other, so opening many connections
-at once gains nothing. A success forgets the address.
+at once gains nothing. A success forgets the failures of the login that succeeded, not the
+others': whoever owns one account cannot reset the delay between guesses at another.
 
 Memory is bounded: an entry is forgotten once it has been quiet for ``forget_after`` seconds,
 and past ``max_entries`` addresses the oldest is dropped. The clock is injected (any object
@@ -14,7 +15,7 @@ advance time instead of sleeping. Protocol-neutral: SMTP AUTH can share one inst
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ DEFAULT_DELAYS: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 15.0)
 
 @dataclass
 class _Entry:
-    failures: int
+    failures: Counter[str]  # per login name tried
     not_before: float  # the next attempt is checked no earlier than this
     last_seen: float
 
@@ -64,24 +65,29 @@ class LoginThrottle:
         if entry is None:
             return 0.0
         start = max(now, entry.not_before)
-        entry.not_before = start + self.delay(entry.failures)
+        entry.not_before = start + self.delay(entry.failures.total())
         self._touch(client, entry, now)
         return start - now
 
-    def failed(self, client: str) -> None:
-        """An attempt from ``client`` failed: its next ones wait longer."""
+    def failed(self, client: str, login: str) -> None:
+        """An attempt from ``client`` to log in as ``login`` failed: its next ones wait longer."""
         now = self._clock.seconds()
         entry = self._entries.get(client)
         if entry is None:
-            entry = _Entry(failures=0, not_before=now, last_seen=now)
-        entry.failures += 1
-        entry.not_before = max(entry.not_before, now + self.delay(entry.failures))
+            entry = _Entry(failures=Counter(), not_before=now, last_seen=now)
+        entry.failures[login.casefold()] += 1
+        entry.not_before = max(entry.not_before, now + self.delay(entry.failures.total()))
         self._touch(client, entry, now)
         self._expire(now)
 
-    def succeeded(self, client: str) -> None:
-        """An attempt from ``client`` succeeded: forget its failures."""
-        self._entries.pop(client, None)
+    def succeeded(self, client: str, login: str) -> None:
+        """``client`` logged in as ``login``: forget that login's failures."""
+        entry = self._entries.get(client)
+        if entry is None:
+            return
+        entry.failures.pop(login.casefold(), None)
+        if not entry.failures:
+            del self._entries[client]
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -334,7 +334,7 @@ class POP3ServerProtocol(LineServerProtocol):
 
         def checked(address: str | None) -> Outcome:
             if address is None:
-                throttle.failed(client)
+                throttle.failed(client, action.login)
                 log.info(
                     "pop3 login failed login={login} client={client} mechanism={mechanism}",
                     pop3_event="login-failed",
@@ -343,7 +343,7 @@ class POP3ServerProtocol(LineServerProtocol):
                     mechanism=action.mechanism,
                 )
             else:
-                throttle.succeeded(client)
+                throttle.succeeded(client, action.login)
             return self._session.authenticated(address)
 
         def unavailable(failure: Failure) -> Outcome:
