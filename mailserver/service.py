@@ -163,12 +163,14 @@ def release_free_memory() -> None:
 
 
 class MemoryTrimService(Service):
-    def startService(self) -> None:
-        super().startService()
-        self._reactor.callWhenRunning(release_free_memory)
+    """Runs :func:`release_free_memory` once the reactor is up."""
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.callWhenRunning(release_free_memory)
 
 
 def make_service(config: Config, reactor: Any) -> MultiService:

@@ -7,12 +7,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from twisted.python.failure import Failure
 
 from mailserver import durable, mailbox
 from mailserver.interfaces import (
@@ -30,28 +27,10 @@ from mailserver.mailbox import (
     uid_for,
 )
 from mailserver.maildir import UniqueNames, create_maildir, maildir_path
+from tests.immediate import ImmediateReactor, ImmediateThreadPool
 
 ADDRESS = "alice@example.org"
 NAMES = UniqueNames("mx.example.org")
-
-
-class ImmediateThreadPool:
-    """Stand-in for ThreadPool: runs the call at once, here (so Deferreds fire at once)."""
-
-    def callInThreadWithCallback(
-        self, onResult: Callable[[bool, object], None], func: Callable[..., Any], *args: Any
-    ) -> None:
-        try:
-            result = func(*args)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-
-class ImmediateReactor:
-    def callFromThread(self, f: Callable[..., object], *args: object) -> None:
-        f(*args)
 
 
 def make_store(data_dir: Path, cache: ListingCache | None = None) -> MaildirMailboxStore:

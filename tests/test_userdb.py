@@ -37,35 +37,11 @@ from mailserver.userdb import (
     database_path,
     parse_login,
 )
+from tests.immediate import ImmediateReactor, ImmediateThreadPool
 
 T = TypeVar("T")
 
 CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-
-
-class ImmediateThreadPool:
-    """Stand-in for ThreadPool: ``callInThreadWithCallback`` runs the call at once, here,
-    and counts the calls."""
-
-    calls = 0
-
-    def callInThreadWithCallback(
-        self, onResult: Callable[[bool, object], None], func: Callable[..., Any], *args: Any
-    ) -> None:
-        self.calls += 1
-        try:
-            result = func(*args)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-
-class ImmediateReactor:
-    """Stand-in for IReactorFromThreads: ``callFromThread`` calls at once."""
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
-        f(*args)
 
 
 def result_of(deferred: Deferred[T]) -> T:
