@@ -17,7 +17,7 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mailserver import cli_accounts, cli_config
+    from mailserver import cli_accounts, cli_config, cli_tls
 
     parser = argparse.ArgumentParser(prog="mailserver", description="Administer the mail server.")
     parser.add_argument(
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cli_config.register(subparsers)
     cli_accounts.register(subparsers)
+    cli_tls.register(subparsers)
     return parser
 
 
