@@ -26,6 +26,8 @@ from typing import Any, TypeGuard, TypeVar
 from twisted.internet.endpoints import serverFromString
 
 from mailserver.address import AddressError, normalize
+from mailserver.listeners import ListenerError, split_tls_listener
+from mailserver.tls import TLSFileError, TLSFiles, load_context
 
 __all__ = [
     "EMBEDDED_DEFAULT",
@@ -35,6 +37,8 @@ __all__ = [
     "POP3Config",
     "SMTPConfig",
     "ServerConfig",
+    "SubmissionConfig",
+    "TLSConfig",
     "load_config",
     "parse_config",
 ]
@@ -212,6 +216,21 @@ def _path(value: object) -> Path:
     return Path(value)
 
 
+def _optional_path(value: object) -> Path | None:
+    if value == "":
+        return None
+    try:
+        return _path(value)
+    except _Invalid:
+        raise _expected('a path, or ""', value) from None
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _expected("true or false", value)
+    return value
+
+
 def _optional_address(value: object) -> str:
     what = 'an address like "postmaster@example.org", or ""'
     if not isinstance(value, str):
@@ -231,6 +250,7 @@ def _recipient_delimiter(value: object) -> str:
 
 
 # --- Listeners: Twisted server endpoint strings, checked by parsing them as Twisted will.
+# An ssl: listener is ours (mailserver.listeners): a tcp: port whose connections start with TLS.
 
 _ENDPOINT_KINDS = ("tcp", "tcp6", "unix", "ssl")
 # The options serverFromString accepts for each kind, for "did you mean" on a typo.
@@ -238,44 +258,7 @@ _ENDPOINT_OPTIONS = {
     "tcp": ("port", "interface", "backlog"),
     "tcp6": ("port", "interface", "backlog"),
     "unix": ("address", "mode", "backlog", "lockfile"),
-    "ssl": (
-        "port",
-        "privateKey",
-        "certKey",
-        "sslmethod",
-        "interface",
-        "backlog",
-        "extraCertChain",
-        "dhParameters",
-    ),
 }
-# Files an ssl: endpoint reads while being parsed, with Twisted's default where there is one.
-# certKey defaults to the privateKey file, so only privateKey's default needs checking.
-_SSL_FILES: dict[str, str | None] = {
-    "privateKey": "server.pem",
-    "certKey": None,
-    "extraCertChain": None,
-    "dhParameters": None,
-}
-
-
-def _endpoint_option(description: str, name: str) -> str | None:
-    """The value of ``name=...`` in an endpoint string, honouring backslash escapes."""
-    match = re.search(rf"(?:^|:){name}=((?:\\.|[^:\\])*)", description)
-    return re.sub(r"\\(.)", r"\1", match[1]) if match else None
-
-
-def _missing_ssl_files(description: str) -> list[str]:
-    """Reasons for key/certificate files that do not exist (relative to the working directory,
-    as Twisted opens them)."""
-    reasons = []
-    for option, default in _SSL_FILES.items():
-        path = _endpoint_option(description, option)
-        if path is not None and not os.path.exists(path):
-            reasons.append(f'{option} file "{path}" does not exist')
-        elif path is None and default is not None and not os.path.exists(default):
-            reasons.append(f'{option} is not given and its default file "{default}" does not exist')
-    return reasons
 
 
 def _explain_parse_error(error: Exception, kind: str) -> str:
@@ -300,8 +283,17 @@ def _endpoint_problem(description: str) -> str | None:
     kind = description.split(":", 1)[0]
     if kind not in _ENDPOINT_KINDS:
         return f'unknown endpoint type "{kind}"; expected tcp, tcp6, unix or ssl'
-    if kind == "ssl" and (missing := _missing_ssl_files(description)):
-        return "; ".join(missing)
+    if kind == "ssl":
+        try:
+            description, files = split_tls_listener(description)
+        except ListenerError as error:
+            return str(error)
+        if files is not None:
+            try:
+                load_context(files)
+            except TLSFileError as error:
+                return str(error)
+        kind = "tcp"
     try:
         # The reactor is only stored by the endpoint, never used: parsing binds nothing.
         endpoint = serverFromString(object(), description)
@@ -383,6 +375,8 @@ class SMTPConfig:
     # Processes accepting SMTP connections (the twistd process and processes - 1 workers).
     processes: int = _setting(1, _int_between(1, 64))
     max_errors: int = _setting(10, _positive_int)
+    # Also take submissions here: offer AUTH, and let authenticated users send anywhere.
+    accept_submission: bool = _setting(False, _boolean)
 
 
 @dataclass(frozen=True)
@@ -395,6 +389,30 @@ class POP3Config:
     max_connections: int = _setting(1000, _positive_int)
     max_connections_per_client: int = _setting(10, _positive_int)
     plaintext_auth: str = _setting("loopback", _one_of("never", "loopback", "always"))
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """The listener where users hand in mail to send (RFC 6409), after AUTH."""
+
+    listen: tuple[str, ...] = _setting(("tcp:5587:interface=127.0.0.1",), _listen)
+    plaintext_auth: str = _setting("loopback", _one_of("never", "loopback", "always"))
+    # The From header's addresses must be the user's too, not only the envelope sender.
+    check_from_header: bool = _setting(True, _boolean)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """The certificate for STARTTLS, STLS and ssl: listeners that do not name their own."""
+
+    certificate: Path | None = _setting(None, _optional_path)  # noqa: RUF009 (None)
+    private_key: Path | None = _setting(None, _optional_path)  # noqa: RUF009 (None)
+
+    @property
+    def files(self) -> TLSFiles | None:
+        if self.certificate is None or self.private_key is None:
+            return None
+        return TLSFiles(self.certificate, self.private_key)
 
 
 @dataclass(frozen=True)
@@ -414,14 +432,18 @@ class Config:
     source: str
     server: ServerConfig
     smtp: SMTPConfig
+    submission: SubmissionConfig
     pop3: POP3Config
+    tls: TLSConfig
     accounts: AccountsConfig
 
 
 _SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "smtp": SMTPConfig,
+    "submission": SubmissionConfig,
     "pop3": POP3Config,
+    "tls": TLSConfig,
     "accounts": AccountsConfig,
 }
 
@@ -473,10 +495,52 @@ def _build(cls: type[_T], section: str, table: Mapping[str, object], problems: _
     return cls(**values)
 
 
+def _absolute(path: Path, base_dir: Path) -> Path:
+    """``path`` made absolute, relative to the configuration file's directory."""
+    return Path(os.path.abspath(base_dir / path))
+
+
 def _resolve_paths(server: ServerConfig, base_dir: Path) -> ServerConfig:
-    """Make data_dir absolute, relative to the configuration file's directory."""
-    data_dir = Path(os.path.abspath(base_dir / server.data_dir))
-    return dataclasses.replace(server, data_dir=data_dir)
+    return dataclasses.replace(server, data_dir=_absolute(server.data_dir, base_dir))
+
+
+def _resolve_tls_paths(tls: TLSConfig, base_dir: Path) -> TLSConfig:
+    return TLSConfig(
+        certificate=_absolute(tls.certificate, base_dir) if tls.certificate else None,
+        private_key=_absolute(tls.private_key, base_dir) if tls.private_key else None,
+    )
+
+
+def _check_tls(config: Config, problems: _Problems) -> None:
+    """The [tls] files load, and every listener that needs a certificate has one."""
+    tls = config.tls
+    if (tls.certificate is None) != (tls.private_key is None):
+        missing = "tls.private_key" if tls.private_key is None else "tls.certificate"
+        problems.add(missing, "must be set together with the other [tls] file")
+    if tls.files is not None:
+        try:
+            load_context(tls.files)
+        except TLSFileError as error:
+            key = "tls.certificate" if error.path == tls.certificate else "tls.private_key"
+            problems.add(key, str(error))
+            return
+    for name, section in (
+        ("smtp", config.smtp),
+        ("submission", config.submission),
+        ("pop3", config.pop3),
+    ):
+        for listen in section.listen:
+            if listen.startswith("ssl:") and tls.files is None:
+                try:
+                    _, files = split_tls_listener(listen)
+                except ListenerError:
+                    continue  # reported with the listener already
+                if files is None:
+                    problems.add(
+                        f"{name}.listen",
+                        f"{_quote(listen)}: an ssl: listener needs a certificate: set "
+                        "tls.certificate and tls.private_key (or privateKey= in the listener)",
+                    )
 
 
 def _cross_checks(config: Config, table: Mapping[str, object], problems: _Problems) -> None:
@@ -490,6 +554,7 @@ def _cross_checks(config: Config, table: Mapping[str, object], problems: _Proble
                 f"this machine's name {_show(config.server.hostname)} is not a usable domain "
                 "name; set server.hostname",
             )
+    _check_tls(config, problems)
     if config.smtp.processes > 1 and any(
         listen.startswith("ssl:") for listen in config.smtp.listen
     ):
@@ -546,7 +611,13 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
         source=source,
         server=_resolve_paths(server, base_dir),
         smtp=_build(SMTPConfig, "smtp", _section(document, "smtp"), problems),
+        submission=_build(
+            SubmissionConfig, "submission", _section(document, "submission"), problems
+        ),
         pop3=_build(POP3Config, "pop3", _section(document, "pop3"), problems),
+        tls=_resolve_tls_paths(
+            _build(TLSConfig, "tls", _section(document, "tls"), problems), base_dir
+        ),
         accounts=_build(AccountsConfig, "accounts", _section(document, "accounts"), problems),
     )
     _cross_checks(config, document, problems)

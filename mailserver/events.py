@@ -1,4 +1,4 @@
-"""One structured log event per thing that happens to a message.
+"""One structured log event per thing that happens to a message, and per login.
 
 Each function emits a ``twisted.logger`` event whose fields (``mail_event``, ``id``, ``client``
 and the rest) can be filtered and formatted by any observer. The readable line for the text
@@ -17,6 +17,12 @@ log = Logger(namespace="mailserver.mail")
 
 def _emit(level: LogLevel, text: str, **fields: object) -> None:
     log.emit(level, text.replace("{", "{{").replace("}", "}}"), **fields)
+
+
+def _printable(text: str) -> str:
+    """A client-chosen string for the text log: control characters (a forged second log line)
+    shown escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def message_received(
@@ -82,4 +88,28 @@ def delivery_failed(*, id: str, mailboxes: Sequence[str], code: int, reason: str
         mailboxes=list(mailboxes),
         code=code,
         reason=reason,
+    )
+
+
+def logged_in(*, protocol: str, address: str, client: str, mechanism: str) -> None:
+    _emit(
+        LogLevel.info,
+        f"{protocol} login address={address} client={client} mechanism={mechanism}",
+        login_event="login",
+        protocol=protocol,
+        address=address,
+        client=client,
+        mechanism=mechanism,
+    )
+
+
+def login_failed(*, protocol: str, login: str, client: str, mechanism: str) -> None:
+    _emit(
+        LogLevel.info,
+        f"{protocol} login failed login={_printable(login)} client={client} mechanism={mechanism}",
+        login_event="login-failed",
+        protocol=protocol,
+        login=login,
+        client=client,
+        mechanism=mechanism,
     )

@@ -6,6 +6,10 @@ own reply when there are too many. Then an input loop takes command lines one by
 end, and stops while the session waits for work it asked for (a look-up, a delivery, a
 mailbox), so replies always go out in command order; once a little input has piled up
 meanwhile, reading is paused. Subclasses say what a line means and what to send.
+
+Switching to TLS in the middle of a connection (SMTP STARTTLS, POP3 STLS) goes through
+:meth:`LineServerProtocol.start_tls`, which throws away whatever the client sent after the
+command: those octets arrived in plaintext, where anyone on the path could have added them.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailserver.limits import Admission, ConnectionLimiter
 from mailserver.tcp import disable_nagle
@@ -31,6 +37,7 @@ class WireReply(Protocol):
     def to_bytes(self) -> bytes: ...
 
 
+@implementer(IHandshakeListener)
 class LineServerProtocol(TwistedProtocol, ABC):
     """The shared connection life and input loop; see the module docstring."""
 
@@ -109,6 +116,13 @@ class LineServerProtocol(TwistedProtocol, ABC):
     def input_arrived(self) -> None:
         """Bytes have arrived (before they are processed)."""
 
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake is over (implicit TLS, or after :meth:`start_tls`)."""
+        self.tls_established()
+
+    def tls_established(self) -> None:
+        """The connection is now encrypted; subclasses note its parameters."""
+
     # -- the input loop -----------------------------------------------------------------
 
     def process(self) -> None:
@@ -173,6 +187,19 @@ class LineServerProtocol(TwistedProtocol, ABC):
 
     def send(self, reply: WireReply) -> None:
         self.transport.write(reply.to_bytes())  # type: ignore[union-attr]
+
+    def start_tls(self, reply: WireReply, context: IOpenSSLServerConnectionCreator) -> None:
+        """Send ``reply`` in plaintext, then make the connection TLS.
+
+        Every octet the client sent after the command that asked for TLS is thrown away
+        unread (RFC 3207 §4.2, RFC 2595 §4): it came before the handshake, in plaintext, so a
+        man in the middle could have put it there to run inside the encrypted session
+        (CVE-2011-0411). The caller resets its session state as the RFC asks.
+        """
+        self.send(reply)
+        del self._buffer[:]
+        self._discarding_line = False
+        self.transport.startTLS(context)  # type: ignore[union-attr]
 
     def close_with(self, reply: WireReply) -> None:
         self.send(reply)

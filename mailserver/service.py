@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,18 +17,21 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from mailserver import durable
+from mailserver.authlimit import LoginThrottle
 from mailserver.committer import GroupCommitter
 from mailserver.config import EMBEDDED_DEFAULT, Config
-from mailserver.interfaces import IUserDatabase
 from mailserver.limits import ConnectionLimiter
-from mailserver.listeners import ListenerService
+from mailserver.listeners import ListenerService, split_tls_listener
+from mailserver.logins import LoginChecker
 from mailserver.maildir import MaildirStore
 from mailserver.smtp.server import SMTPServerFactory, Timeouts
 from mailserver.smtp.session import SessionPolicy
 from mailserver.spool import clean_stale
+from mailserver.tls import ServerTLS, TLSFiles
 from mailserver.userdb import AccountError, SQLiteUserDatabase, database_path
 
 log = Logger()
@@ -93,22 +97,89 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
+class TLSContexts(Service):
+    """Every TLS context of the process: the [tls] certificate's and those ssl: listeners
+    name. Each reloads its files when they change; SIGHUP reloads them all at once."""
+
+    def __init__(self, reactor: Any, default: TLSFiles | None) -> None:
+        self._reactor = reactor
+        self._contexts: dict[TLSFiles, ServerTLS] = {}
+        self.default = self.for_files(default) if default is not None else None
+        self._previous_handler: Any = None
+
+    def for_files(self, files: TLSFiles) -> ServerTLS:
+        if files not in self._contexts:
+            self._contexts[files] = ServerTLS(files)
+        return self._contexts[files]
+
+    @property
+    def loaded(self) -> tuple[TLSFiles, ...]:
+        return tuple(self._contexts)
+
+    def reload(self) -> None:
+        for context in self._contexts.values():
+            context.reload()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._contexts:
+            self._previous_handler = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+            self._previous_handler = None
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        self._reactor.callFromThread(self.reload)
+
+
 def _listen(
-    parent: MultiService, reactor: Any, descriptions: tuple[str, ...], factory: Factory
+    parent: MultiService,
+    reactor: Any,
+    descriptions: tuple[str, ...],
+    factory: Factory,
+    tls: TLSContexts,
 ) -> list[ListenerService]:
+    """A listener for each description; ssl: ones (implicit TLS, RFC 8314) are tcp: ports
+    whose connections go through TLS first."""
     listeners = []
     for description in descriptions:
-        listener = ListenerService(serverFromString(reactor, description), factory)
+        listening: Factory[Any] = factory
+        if description.startswith("ssl:"):
+            description, files = split_tls_listener(description)
+            context = tls.for_files(files) if files is not None else tls.default
+            assert context is not None, "the configuration checks that there is a certificate"
+            listening = TLSMemoryBIOFactory(context, False, factory)
+        listener = ListenerService(serverFromString(reactor, description), listening)
         listener.setServiceParent(parent)
         listeners.append(listener)
     return listeners
 
 
+def _smtp_policy(config: Config, submission: bool) -> SessionPolicy:
+    """The SMTP session policy of the MX listeners, or of the submission listeners."""
+    smtp = config.smtp
+    return SessionPolicy(
+        hostname=config.server.hostname,
+        max_message_size=smtp.max_message_size,
+        max_recipients=smtp.max_recipients,
+        max_received_headers=smtp.max_received_headers,
+        max_errors=smtp.max_errors,
+        postmaster=config.accounts.postmaster or f"postmaster@{config.server.hostname}",
+        auth=submission or smtp.accept_submission,
+        auth_required=submission,
+        check_from_header=config.submission.check_from_header,
+    )
+
+
 def _smtp_receiving(
     config: Config, reactor: Any, top: MultiService
-) -> tuple[SMTPServerFactory, ThreadPool]:
-    """The SMTP factory and what it needs (thread pool, user database, committer, store),
-    as the twistd process and every SMTP worker process build it; and the thread pool."""
+) -> tuple[SMTPServerFactory, ThreadPool, TLSContexts]:
+    """The MX listeners' SMTP factory and what it needs (thread pool, user database,
+    committer, store, TLS, logins), as the twistd process and every SMTP worker process
+    build it; and the thread pool and TLS contexts, for the other services."""
     data_dir = config.server.data_dir
     pool = ThreadPool(minthreads=0, maxthreads=config.server.worker_threads, name="mailserver")
     ThreadPoolService(pool).setServiceParent(top)
@@ -121,30 +192,28 @@ def _smtp_receiving(
     DataDirectoryService(data_dir, users, reactor).setServiceParent(top)
     committer = GroupCommitter(reactor)
     CommitterService(committer).setServiceParent(top)
+    tls = TLSContexts(reactor, config.tls.files)
+    tls.setServiceParent(top)
     smtp = config.smtp
     factory = SMTPServerFactory(
-        policy=SessionPolicy(
-            hostname=config.server.hostname,
-            max_message_size=smtp.max_message_size,
-            max_recipients=smtp.max_recipients,
-            max_received_headers=smtp.max_received_headers,
-            max_errors=smtp.max_errors,
-            postmaster=config.accounts.postmaster or f"postmaster@{config.server.hostname}",
-        ),
+        policy=_smtp_policy(config, submission=False),
         timeouts=Timeouts(command=smtp.command_timeout, data=smtp.data_timeout),
         users=users,
         store=MaildirStore(data_dir, config.server.hostname, committer),
         spool_directory=spool_directory(data_dir),
         limiter=ConnectionLimiter(smtp.max_connections, smtp.max_connections_per_client),
         reactor=reactor,
+        tls=tls.default,
+        logins=LoginChecker(users, LoginThrottle(reactor), reactor),
+        plaintext_auth=config.submission.plaintext_auth,
     )
-    return factory, pool
+    return factory, pool, tls
 
 
 def make_worker_service(config: Config, reactor: Any) -> tuple[MultiService, SMTPServerFactory]:
     """What an SMTP worker process runs: SMTP receiving on listeners it inherits."""
     top = MultiService()
-    factory, _ = _smtp_receiving(config, reactor, top)
+    factory, _, _ = _smtp_receiving(config, reactor, top)
     return top, factory
 
 
@@ -181,8 +250,8 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     """
     top = MultiService()
     MemoryTrimService(reactor).setServiceParent(top)
-    smtp_factory, pool = _smtp_receiving(config, reactor, top)
-    smtp_listeners = _listen(top, reactor, config.smtp.listen, smtp_factory)
+    smtp_factory, pool, tls = _smtp_receiving(config, reactor, top)
+    smtp_listeners = _listen(top, reactor, config.smtp.listen, smtp_factory, tls)
     if config.smtp.processes > 1 and smtp_listeners:
         from mailserver.workers import WorkerProcesses
 
@@ -190,15 +259,34 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         WorkerProcesses(
             reactor, config.smtp.processes - 1, config_path, smtp_listeners
         ).setServiceParent(top)
+    if config.submission.listen:
+        submission = SMTPServerFactory(
+            policy=_smtp_policy(config, submission=True),
+            timeouts=smtp_factory.timeouts,
+            users=smtp_factory.users,
+            store=smtp_factory.store,
+            spool_directory=smtp_factory.spool_directory,
+            limiter=smtp_factory.limiter,
+            reactor=reactor,
+            tls=tls.default,
+            logins=smtp_factory.logins,
+            plaintext_auth=config.submission.plaintext_auth,
+        )
+        _listen(top, reactor, config.submission.listen, submission, tls)
     if config.pop3.listen:
-        _pop3_retrieval(config, reactor, top, smtp_factory.users, pool)
+        assert smtp_factory.logins is not None
+        _pop3_retrieval(config, reactor, top, smtp_factory.logins, pool, tls)
     return top
 
 
 def _pop3_retrieval(
-    config: Config, reactor: Any, top: MultiService, users: IUserDatabase, pool: ThreadPool
+    config: Config,
+    reactor: Any,
+    top: MultiService,
+    logins: LoginChecker,
+    pool: ThreadPool,
+    tls: TLSContexts,
 ) -> None:
-    from mailserver.authlimit import LoginThrottle
     from mailserver.mailbox import MaildirMailboxStore
     from mailserver.pop3.server import POP3ServerFactory
     from mailserver.pop3.session import SessionPolicy as POP3SessionPolicy
@@ -208,10 +296,10 @@ def _pop3_retrieval(
         policy=POP3SessionPolicy(hostname=config.server.hostname),
         idle_timeout=pop3.idle_timeout,
         plaintext_auth=pop3.plaintext_auth,
-        users=users,
+        logins=logins,
         store=MaildirMailboxStore(config.server.data_dir, reactor, pool),
         limiter=ConnectionLimiter(pop3.max_connections, pop3.max_connections_per_client),
-        throttle=LoginThrottle(reactor),
+        tls=tls.default,
         reactor=reactor,
     )
-    _listen(top, reactor, pop3.listen, factory)
+    _listen(top, reactor, pop3.listen, factory, tls)

@@ -1,8 +1,11 @@
-"""What every protocol of ours does to a new TCP connection."""
+"""What every protocol of ours does to a new TCP connection, and asks of its peer."""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+
+from twisted.internet.address import UNIXAddress
 
 
 def disable_nagle(transport: object) -> None:
@@ -11,3 +14,34 @@ def disable_nagle(transport: object) -> None:
     if set_no_delay is not None:
         with contextlib.suppress(OSError):
             set_no_delay(True)
+
+
+def is_loopback(peer: object) -> bool:
+    """Whether a peer address is this machine: 127.0.0.0/8, ::1 (also IPv4-mapped), a UNIX
+    socket."""
+    if isinstance(peer, UNIXAddress):
+        return True
+    host = getattr(peer, "host", None)
+    if host is None:
+        return False
+    try:
+        address = ipaddress.ip_address(str(host).partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+PLAINTEXT_POLICIES = ("never", "loopback", "always")
+
+
+def plaintext_allowed(policy: str, peer: object, encrypted: bool = False) -> bool:
+    """Whether a password may be sent on this connection under a ``plaintext_auth`` policy
+    (one of :data:`PLAINTEXT_POLICIES`): always inside TLS, else as the policy says for
+    ``peer``."""
+    if encrypted or policy == "always":
+        return True
+    if policy == "loopback":
+        return is_loopback(peer)
+    return False

@@ -18,16 +18,21 @@ from mailserver.config import (
     POP3Config,
     ServerConfig,
     SMTPConfig,
+    SubmissionConfig,
+    TLSConfig,
     load_config,
     parse_config,
 )
+from mailserver.tls import TLSFiles, write_self_signed
 
 DATA = Path(__file__).parent / "data" / "config"
 REFERENCE = Path(__file__).parent.parent / "conf" / "mailserver.toml"
 SECTIONS = {
     "server": ServerConfig,
     "smtp": SMTPConfig,
+    "submission": SubmissionConfig,
     "pop3": POP3Config,
+    "tls": TLSConfig,
     "accounts": AccountsConfig,
 }
 
@@ -40,6 +45,14 @@ def problems(text: str) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         parse(text)
     return list(caught.value.problems)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    directory = tmp_path_factory.mktemp("tls")
+    files = TLSFiles(directory / "mail.example.org.crt", directory / "mail.example.org.key")
+    write_self_signed("mail.example.org", files.certificate, files.private_key)
+    return files
 
 
 # --- Golden files: each broken configuration and the exact lines it must produce.
@@ -77,7 +90,9 @@ def test_embedded_default() -> None:
     assert config.server.data_dir == Path.cwd() / "var"
     assert config.server.worker_threads == 32
     assert config.smtp == SMTPConfig()
+    assert config.submission == SubmissionConfig()
     assert config.pop3 == POP3Config()
+    assert config.tls == TLSConfig()
     assert config.accounts == AccountsConfig()
 
 
@@ -107,7 +122,9 @@ def test_empty_file_gives_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.server.hostname == "mail.example.org"
     assert config.server.data_dir == Path("/base/var")
     assert config.smtp == SMTPConfig()
+    assert config.submission == SubmissionConfig()
     assert config.pop3 == POP3Config()
+    assert config.tls == TLSConfig()
     assert config.accounts == AccountsConfig()
 
 
@@ -138,7 +155,9 @@ def test_reference_file_equals_defaults() -> None:
     config = load_config(REFERENCE)
     assert config.server == ServerConfig(data_dir=REFERENCE.parent.resolve() / "var")
     assert config.smtp == SMTPConfig()
+    assert config.submission == SubmissionConfig()
     assert config.pop3 == POP3Config()
+    assert config.tls == TLSConfig()
     assert config.accounts == AccountsConfig()
 
 
@@ -324,12 +343,12 @@ def test_per_client_limit_cannot_exceed_total() -> None:
     ]
 
 
-def test_processes_range_and_no_shared_ssl_listener(tmp_path: Path) -> None:
+def test_processes_range_and_no_shared_ssl_listener(certificate: TLSFiles) -> None:
     """smtp.processes is 1 to 64; worker processes cannot share an ssl: listener (they would
     serve it without TLS), so that combination is an error."""
     assert parse("[smtp]\nprocesses = 4").smtp.processes == 4
     assert len(problems("[smtp]\nprocesses = 0")) == 1
-    cert, key = _write_self_signed(tmp_path)
+    cert, key = certificate.certificate, certificate.private_key
     endpoint = f"ssl:465:privateKey={key}:certKey={cert}"
     assert problems(f'[smtp]\nprocesses = 2\nlisten = "{endpoint}"') == [
         "test.toml: smtp.processes: worker processes cannot share an ssl: listener yet;"
@@ -362,61 +381,28 @@ def test_listen_accepts_each_supported_kind() -> None:
     assert parse(f"[smtp]\nlisten = [{written}]").smtp.listen == tuple(listen)
 
 
-def _write_self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate and key, to check that ssl: endpoints with real files pass."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.example.org")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
-def test_ssl_endpoint_with_existing_files(tmp_path: Path) -> None:
+def test_ssl_endpoint_with_existing_files(certificate: TLSFiles) -> None:
     """An ssl: endpoint whose certificate and key exist and load is accepted."""
-    cert, key = _write_self_signed(tmp_path)
+    cert, key = certificate.certificate, certificate.private_key
     endpoint = f"ssl:465:privateKey={key}:certKey={cert}"
     assert parse(f'[smtp]\nlisten = "{endpoint}"').smtp.listen == (endpoint,)
 
 
 def test_ssl_endpoint_with_unreadable_certificate(tmp_path: Path) -> None:
-    """An ssl: endpoint whose files exist but are not PEM is refused (Twisted loads them while
-    parsing the string)."""
+    """An ssl: endpoint whose files exist but are not PEM is refused: they are loaded to check
+    them."""
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     [line] = problems(f'[smtp]\nlisten = "ssl:465:privateKey={garbage}"')
     assert line.startswith(f'test.toml: smtp.listen: "ssl:465:privateKey={garbage}": ')
 
 
-def test_ssl_endpoint_default_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without privateKey=, Twisted reads server.pem from the working directory; when that is
-    missing the error names privateKey and the default file."""
-    monkeypatch.chdir(tmp_path)
+def test_ssl_endpoint_needs_a_certificate() -> None:
+    """Without privateKey= an ssl: listener uses the [tls] certificate; without that either,
+    the error says what to set."""
     assert problems('[smtp]\nlisten = "ssl:465"') == [
-        'test.toml: smtp.listen: "ssl:465": privateKey is not given and its default file '
-        '"server.pem" does not exist'
+        'test.toml: smtp.listen: "ssl:465": an ssl: listener needs a certificate: set '
+        "tls.certificate and tls.private_key (or privateKey= in the listener)"
     ]
 
 
@@ -424,7 +410,7 @@ def test_endpoint_with_escaped_colon_in_file_name(tmp_path: Path) -> None:
     """ssl: file options are read with Twisted's backslash escapes, so a missing file is
     named as the path it stands for."""
     [line] = problems('[smtp]\nlisten = "ssl:465:privateKey=C\\\\:/no/key.pem"')
-    assert line.endswith('privateKey file "C:/no/key.pem" does not exist')
+    assert line.endswith('cannot read "C:/no/key.pem": No such file or directory')
 
 
 # --- Files.
@@ -531,3 +517,51 @@ def test_load_config_for_raises_command_error(tmp_path: Path) -> None:
         f"{path}: smtp.max_errors: expected a positive integer, got 0"
     )
     assert load_config_for(argparse.Namespace(config=None)).source == EMBEDDED_DEFAULT
+
+
+# --- TLS.
+
+
+def test_tls_files_relative_to_config_file(certificate: TLSFiles) -> None:
+    """[tls] paths are taken from the configuration file's directory and checked by loading
+    them, so implicit TLS listeners may rely on them."""
+    directory = certificate.certificate.parent
+    config = parse(
+        '[tls]\ncertificate = "mail.example.org.crt"\nprivate_key = "mail.example.org.key"\n'
+        '[submission]\nlisten = ["ssl:4650:interface=127.0.0.1"]\n',
+        base_dir=directory,
+    )
+    assert config.tls.files == certificate
+    assert config.submission.listen == ("ssl:4650:interface=127.0.0.1",)
+
+
+def test_unusable_tls_files_name_the_key(certificate: TLSFiles, tmp_path: Path) -> None:
+    """A key that does not match the certificate, or a certificate that is not PEM, is one
+    line naming the [tls] key and the file."""
+    other = TLSFiles(tmp_path / "other.crt", tmp_path / "other.key")
+    write_self_signed("other.example.org", other.certificate, other.private_key)
+    lines = problems(
+        f'[tls]\ncertificate = "{certificate.certificate}"\nprivate_key = "{other.private_key}"\n'
+    )
+    assert len(lines) == 1
+    assert lines[0].startswith("test.toml: tls.private_key: ")
+    assert str(other.private_key) in lines[0]
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    lines = problems(
+        f'[tls]\ncertificate = "{tmp_path / "junk.pem"}"\nprivate_key = "{other.private_key}"\n'
+    )
+    assert lines == [
+        f'test.toml: tls.certificate: "{tmp_path / "junk.pem"}" holds no PEM certificate'
+    ]
+
+
+def test_ssl_listener_with_its_own_files(certificate: TLSFiles) -> None:
+    """An ssl: listener may name its own key and chain; they are loaded to check them."""
+    listen = f"ssl:4650:privateKey={certificate.private_key}:certKey={certificate.certificate}"
+    config = parse(f'[submission]\nlisten = ["{listen}"]\n')
+    assert config.submission.listen == (listen,)
+    missing = "ssl:4650:privateKey=/nonexistent/key.pem"
+    assert problems(f'[submission]\nlisten = ["{missing}"]\n') == [
+        f'test.toml: submission.listen: "{missing}": cannot read "/nonexistent/key.pem": '
+        "No such file or directory"
+    ]

@@ -1,24 +1,45 @@
-"""The POP3 Twisted glue over StringTransport and MemoryReactorClock (mailserver.pop3.server)."""
+"""The POP3 Twisted glue over StringTransport and MemoryReactorClock (mailserver.pop3.server);
+TLS over iosim's in-memory connections, with real handshakes."""
 
 from __future__ import annotations
 
+import datetime
+import functools
 import re
+from typing import Any
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    ISSLTransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import directlyProvides, implementer
 from zope.interface.verify import verifyObject
 
 from mailserver.authlimit import LoginThrottle
 from mailserver.interfaces import IMailboxStore
 from mailserver.limits import ConnectionLimiter
+from mailserver.logins import LoginChecker
 from mailserver.memory import MemoryMailboxStore, MemoryUserDatabase
 from mailserver.pop3.server import (
     CHUNK_SIZE,
     POP3ServerFactory,
     POP3ServerProtocol,
-    is_loopback,
-    plaintext_allowed,
 )
 from mailserver.pop3.session import SessionPolicy
 
@@ -35,9 +56,14 @@ class Transport(StringTransport):
         self.writes: list[bytes] = []
         self.no_delay = False
         self.pause_above = pause_above
+        self.tls_started: list[object] = []  # the context of each startTLS call
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         self.no_delay = enabled
+
+    def startTLS(self, context: object) -> None:
+        """Only records the call: what comes after it is taken to arrive through TLS."""
+        self.tls_started.append(context)
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
@@ -61,6 +87,133 @@ def unstuff(wire: bytes) -> bytes:
     raise AssertionError("unterminated")
 
 
+# -- TLS in memory ------------------------------------------------------------------------------
+
+HOSTNAME = "mx.example.org"
+REMOTE = IPv4Address("TCP", "192.0.2.7", 40000)  # not loopback: no plaintext login by policy
+
+
+@functools.cache
+def certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed certificate for HOSTNAME and its key, made once per test run."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTNAME)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate, key
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """A server TLS context for HOSTNAME (what the listener's factory is given)."""
+
+    def __init__(self) -> None:
+        certificate_, key = certificate()
+        self._context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        self._context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        self._context.use_certificate(certificate_)
+        self._context.use_privatekey(key)
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self._context, None)
+
+
+def client_tls() -> Any:
+    """Verifies the server's certificate and name, as a real client does."""
+    pem = certificate()[0].public_bytes(serialization.Encoding.PEM)
+    return optionsForClientTLS(HOSTNAME, trustRoot=Certificate.loadPEM(pem))
+
+
+@implementer(IHandshakeListener)
+class _Relay(Protocol):
+    """What a TLS layer added by startTLS delivers to: the protocol the transport had."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    def dataReceived(self, data: bytes) -> None:
+        self.application.dataReceived(data)
+
+    def handshakeCompleted(self) -> None:
+        if IHandshakeListener.providedBy(self.application):
+            self.application.handshakeCompleted()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.application.connectionLost(reason)
+
+
+class _Raw:
+    """The octets under the TLS layer: writes bypass it, everything else is the transport's."""
+
+    def __init__(self, transport: FakeTransport) -> None:
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def write(self, data: bytes) -> None:
+        FakeTransport.write(self._transport, data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        FakeTransport.write(self._transport, b"".join(data))
+
+    def loseConnection(self) -> None:
+        FakeTransport.loseConnection(self._transport)
+
+
+class STLSTransport(FakeTransport):
+    """iosim's memory transport with a real ``startTLS``, done the way Twisted's TCP
+    transports do it: from the call on, octets in and out pass through a TLS layer."""
+
+    _tls: TLSMemoryBIOProtocol | None = None
+
+    def startTLS(self, contextFactory: Any, beNormal: bool = True) -> None:
+        factory = TLSMemoryBIOFactory(contextFactory, not self.isServer, Factory())
+        layer = TLSMemoryBIOProtocol(factory, _Relay(self.protocol))
+        self._tls = layer
+        self.protocol = layer  # iosim delivers incoming octets to .protocol
+        layer.makeConnection(_Raw(self))
+        directlyProvides(self, ISSLTransport)
+
+    def write(self, data: bytes) -> None:
+        if self._tls is not None:
+            self._tls.write(data)
+        else:
+            super().write(data)
+
+    def loseConnection(self) -> None:
+        if self._tls is not None:
+            self._tls.loseConnection()  # close_notify first
+        else:
+            super().loseConnection()
+
+
+class Client(Protocol):
+    """Collects what the server sends."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def take(self) -> bytes:
+        data = bytes(self.received)
+        self.received.clear()
+        return data
+
+
 class POP3ServerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
@@ -69,19 +222,22 @@ class POP3ServerTests(SynchronousTestCase):
         )
         self.store = MemoryMailboxStore()
         self.throttle = LoginThrottle(self.clock)
+        self.logins = LoginChecker(self.users, self.throttle, self.clock)
         self.limiter = ConnectionLimiter(100, 3)
         self.factory = self.make_factory("loopback")
 
-    def make_factory(self, plaintext: str, idle_timeout: float = 600.0) -> POP3ServerFactory:
+    def make_factory(
+        self, plaintext: str, idle_timeout: float = 600.0, tls: Any = None
+    ) -> POP3ServerFactory:
         return POP3ServerFactory(
             policy=SessionPolicy(hostname="mx.example.org"),
             idle_timeout=idle_timeout,
             plaintext_auth=plaintext,
-            users=self.users,
             store=self.store,
             limiter=self.limiter,
-            throttle=self.throttle,
+            logins=self.logins,
             reactor=self.clock,
+            tls=tls,
         )
 
     def connect(
@@ -97,6 +253,7 @@ class POP3ServerTests(SynchronousTestCase):
     def login(self, transport: Transport | None = None) -> tuple[POP3ServerProtocol, Transport]:
         protocol, transport = self.connect(transport)
         protocol.dataReceived(b"USER alice\r\nPASS secret\r\n")
+        self.clock.advance(0)  # the login check runs on the next turn of the reactor
         self.assertEqual(transport.value().split(b"\r\n")[1][:4], b"+OK ")
         transport.clear()
         return protocol, transport
@@ -137,6 +294,7 @@ class POP3ServerTests(SynchronousTestCase):
             b"CAPA\r\nUSER alice\r\nPASS secret\r\nSTAT\r\nLIST\r\nUIDL 1\r\nRETR 1\r\n"
             b"NOOP\r\nQUIT\r\n"
         )
+        self.clock.advance(0)
         wire = transport.value()
         statuses = [line for line in wire.split(b"\r\n") if line.startswith((b"+OK", b"-ERR"))]
         self.assertEqual(
@@ -168,18 +326,6 @@ class POP3ServerTests(SynchronousTestCase):
         protocol.dataReceived(b"USER alice\r\n")
         self.assertTrue(transport.value().startswith(b"-ERR [AUTH] "))
 
-    def test_loopback_detection(self) -> None:
-        """127/8, ::1, IPv4-mapped loopback and UNIX sockets are local; others are not."""
-        self.assertTrue(is_loopback(IPv4Address("TCP", "127.0.0.5", 1)))
-        self.assertTrue(is_loopback(IPv6Address("TCP", "::1", 1)))
-        self.assertTrue(is_loopback(IPv6Address("TCP", "::ffff:127.0.0.1", 1)))
-        self.assertTrue(is_loopback(UNIXAddress(b"/run/pop3.sock")))
-        self.assertFalse(is_loopback(IPv4Address("TCP", "192.0.2.1", 1)))
-        self.assertFalse(is_loopback(IPv6Address("TCP", "2001:db8::1", 1)))
-        self.assertFalse(plaintext_allowed("never", UNIXAddress(b"/x")))
-        # Inside TLS (an ssl: listener) a password is always protected.
-        self.assertTrue(plaintext_allowed("never", IPv4Address("TCP", "192.0.2.9", 1), True))
-
     def test_unknown_user_and_wrong_password_look_the_same(self) -> None:
         """Both get the same bytes: USER never says whether the user exists."""
         answers = []
@@ -187,6 +333,7 @@ class POP3ServerTests(SynchronousTestCase):
             self.clock.advance(100)  # past any throttle delay
             protocol, transport = self.connect()
             protocol.dataReceived(f"USER {user}\r\nPASS {password}\r\n".encode())
+            self.clock.advance(0)
             answers.append(transport.value())
         self.assertEqual(answers[0], answers[1])
         self.assertEqual(
@@ -198,6 +345,7 @@ class POP3ServerTests(SynchronousTestCase):
         connection; a success then resets the delay."""
         protocol, transport = self.connect()
         protocol.dataReceived(b"USER alice\r\nPASS wrong\r\n")
+        self.clock.advance(0)
         transport.clear()
         other, other_transport = self.connect()
         other.dataReceived(b"USER alice\r\nPASS secret\r\nSTAT\r\n")
@@ -215,7 +363,224 @@ class POP3ServerTests(SynchronousTestCase):
         protocol.dataReceived(b"AUTH PLAIN\r\n")
         self.assertEqual(transport.value(), b"+ \r\n")
         protocol.dataReceived(b"AGFsaWNlAHNlY3JldA==\r\n")  # "\0alice\0secret"
+        self.clock.advance(0)
         self.assertIn(b"+OK Logged in as alice@example.org", transport.value())
+
+    def test_sasl_login_pipelined(self) -> None:
+        """AUTH LOGIN's two challenges and answers, all sent at once, log in (the shared
+        SASL code: mailserver.sasl)."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"AUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\n")  # alice, secret
+        self.clock.advance(0)
+        self.assertEqual(
+            transport.value().split(b"\r\n")[:3],
+            [
+                b"+ VXNlcm5hbWU6",
+                b"+ UGFzc3dvcmQ6",
+                b"+OK Logged in as alice@example.org: 0 messages (0 octets)",
+            ],
+        )
+
+    def test_authzid_of_another_user_fails_like_a_wrong_password(self) -> None:
+        """A PLAIN authorization identity naming someone else: the login checker refuses it,
+        and the client gets the same -ERR [AUTH] as for a wrong password."""
+        protocol, transport = self.connect()
+        # "bob@example.org\0alice\0secret"
+        protocol.dataReceived(b"AUTH PLAIN Ym9iQGV4YW1wbGUub3JnAGFsaWNlAHNlY3JldA==\r\n")
+        self.clock.advance(0)
+        self.assertEqual(transport.value(), b"-ERR [AUTH] Authentication failed\r\n")
+
+    def test_failed_login_is_logged_once_by_the_login_checker(self) -> None:
+        """A failed login is one "login-failed" event from the shared login checker (with the
+        protocol, login, client and mechanism); POP3 logs no second one of its own."""
+        with capturedLogs() as events:
+            protocol, _ = self.connect()
+            protocol.dataReceived(b"USER alice\r\nPASS wrong\r\n")
+            self.clock.advance(0)
+        failures = [
+            event
+            for event in events
+            if "login-failed" in (event.get("login_event"), event.get("pop3_event"))
+        ]
+        self.assertEqual(len(failures), 1)
+        [failure] = failures
+        self.assertEqual(
+            (failure["protocol"], failure["login"], failure["client"], failure["mechanism"]),
+            ("pop3", "alice", "127.0.0.1", "USER"),
+        )
+
+    def test_drop_while_the_login_waits_cancels_it_quietly(self) -> None:
+        """A client that leaves during its throttle delay: the wait is cancelled, the
+        password is never checked, nothing is logged, no timer is left behind."""
+        protocol, _ = self.connect()
+        protocol.dataReceived(b"USER alice\r\nPASS wrong\r\n")
+        self.clock.advance(0)
+        other, other_transport = self.connect()
+        other.dataReceived(b"USER alice\r\nPASS secret\r\n")
+        checked: list[str] = []
+
+        def authenticate(login: str, password: str) -> Deferred[str | None]:
+            checked.append(login)
+            return Deferred()
+
+        self.users.authenticate = authenticate  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            self.drop(other)
+            self.clock.advance(10)
+        self.assertEqual(checked, [])
+        self.assertEqual(list(events), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(other_transport.value(), b"+OK Send your password\r\n")
+        self.drop(protocol)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_user_database_failure_is_sys_temp(self) -> None:
+        """If the credentials cannot be checked (our trouble), -ERR [SYS/TEMP], logged, and
+        the session goes on."""
+        broken: Deferred[str | None] = fail(OSError("database is gone"))
+        self.users.authenticate = lambda login, password: broken  # type: ignore[method-assign]
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"USER alice\r\nPASS secret\r\nNOOP\r\n")
+        self.clock.advance(0)
+        self.assertEqual(
+            transport.value(),
+            b"+OK Send your password\r\n"
+            b"-ERR [SYS/TEMP] Temporary problem on the server, try again later\r\n"
+            b"-ERR Log in first\r\n",
+        )
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    # -- TLS: STLS (RFC 2595) and implicit TLS (RFC 8314) ---------------------------------
+
+    def test_stls_offered_and_started(self) -> None:
+        """With a certificate, CAPA lists STLS; STLS answers +OK in plaintext and then starts
+        TLS with the factory's context. Without one, STLS is neither listed nor accepted."""
+        context = object()
+        protocol, transport = self.connect(factory=self.make_factory("never", tls=context))
+        protocol.dataReceived(b"CAPA\r\n")
+        self.assertIn(b"\r\nSTLS\r\n", transport.value())
+        transport.clear()
+        protocol.dataReceived(b"STLS\r\n")
+        self.assertEqual(transport.value(), b"+OK Begin TLS negotiation\r\n")
+        self.assertEqual(transport.tls_started, [context])
+        plain, plain_transport = self.connect()
+        plain.dataReceived(b"CAPA\r\nSTLS\r\n")
+        self.assertNotIn(b"STLS", plain_transport.value())
+        self.assertTrue(plain_transport.value().endswith(b"-ERR TLS is not available here\r\n"))
+        self.assertEqual(plain_transport.tls_started, [])
+
+    def test_commands_pipelined_after_stls_are_thrown_away(self) -> None:
+        """CVE-2011-0411 class: whatever arrived with STLS came in plaintext, so none of it
+        runs inside TLS: one +OK, startTLS, and no USER reply, no login attempted."""
+        checked: list[str] = []
+
+        def authenticate(login: str, password: str) -> Deferred[str | None]:
+            checked.append(login)
+            return Deferred()
+
+        self.users.authenticate = authenticate  # type: ignore[method-assign]
+        factory = self.make_factory("always", tls=object())
+        protocol, transport = self.connect(factory=factory)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"STLS\r\nUSER bob\r\nPASS x\r\n")
+            self.clock.advance(100)
+        self.assertEqual(transport.value(), b"+OK Begin TLS negotiation\r\n")
+        self.assertEqual(len(transport.tls_started), 1)
+        self.assertEqual((checked, list(events)), ([], []))
+        protocol.dataReceived(b"PASS x\r\n")  # the next line, through TLS, is a command
+        self.assertTrue(transport.value().endswith(b"-ERR Send USER first\r\n"))
+
+    def test_user_before_stls_does_not_count_after_it(self) -> None:
+        """USER sent in plaintext, then STLS: a PASS inside TLS is refused as USER-first."""
+        factory = self.make_factory("always", tls=object())
+        protocol, transport = self.connect(factory=factory)
+        protocol.dataReceived(b"USER alice\r\n")
+        protocol.dataReceived(b"STLS\r\n")
+        transport.clear()
+        protocol.dataReceived(b"PASS secret\r\n")
+        self.clock.advance(0)
+        self.assertEqual(transport.value(), b"-ERR Send USER first\r\n")
+
+    def test_stls_lets_a_remote_client_log_in(self) -> None:
+        """Under the "never" policy a remote client may not send a password in plaintext, but
+        may after STLS; a second STLS gets -ERR."""
+        factory = self.make_factory("never", tls=object())
+        protocol, transport = self.connect(Transport(host="192.0.2.7"), factory)
+        protocol.dataReceived(b"USER alice\r\n")
+        self.assertTrue(transport.value().startswith(b"-ERR [AUTH] "))
+        protocol.dataReceived(b"STLS\r\n")
+        transport.clear()
+        protocol.dataReceived(b"STLS\r\nUSER alice\r\nPASS secret\r\n")
+        self.clock.advance(0)
+        self.assertEqual(
+            transport.value().split(b"\r\n")[:3],
+            [
+                b"-ERR Command not permitted when TLS active",
+                b"+OK Send your password",
+                b"+OK Logged in as alice@example.org: 0 messages (0 octets)",
+            ],
+        )
+
+    def test_implicit_tls_real_handshake(self) -> None:
+        """RFC 8314: behind TLSMemoryBIOFactory (an ssl: listener), a real handshake with a
+        client that verifies the certificate; the greeting and CAPA come inside TLS, STLS is
+        not offered, and a remote client may log in with USER/PASS under "never"."""
+        factory = self.make_factory("never", tls=ServerTLS())
+        # The clock: the TLS layer sends what the protocol wrote on the reactor's next turn.
+        listener = TLSMemoryBIOFactory(ServerTLS(), False, factory, clock=self.clock)
+        server = listener.buildProtocol(REMOTE)
+        client = Client()
+        client_side = TLSMemoryBIOFactory(
+            client_tls(), True, Factory.forProtocol(Client), clock=self.clock
+        )
+        client_layer = TLSMemoryBIOProtocol(client_side, client)
+        server_io = FakeTransport(server, isServer=True, peerAddress=REMOTE)
+        client_io = FakeTransport(client_layer, isServer=False)
+        pump = connect(server, server_io, client_layer, client_io, clock=self.clock)
+        self.assertTrue(client.take().startswith(b"+OK mx.example.org POP3 server ready"))
+        client_layer.write(b"CAPA\r\nSTLS\r\nUSER alice\r\nPASS secret\r\nQUIT\r\n")
+        pump.flush()
+        wire = client.take()
+        capabilities = wire.split(b"\r\n.\r\n")[0].split(b"\r\n")
+        self.assertIn(b"USER", capabilities)
+        self.assertIn(b"SASL PLAIN LOGIN", capabilities)
+        self.assertNotIn(b"STLS", capabilities)
+        self.assertIn(b"-ERR Command not permitted when TLS active\r\n", wire)
+        self.assertIn(b"+OK Logged in as alice@example.org", wire)
+        self.assertTrue(wire.endswith(b"+OK mx.example.org signing off (0 messages left)\r\n"))
+        self.assertTrue(server_io.disconnected)
+
+    def test_stls_real_handshake(self) -> None:
+        """STLS over an in-memory connection with a real TLS handshake afterwards. A USER
+        pipelined after STLS in plaintext is dropped without upsetting the handshake; inside
+        TLS, PASS needs a new USER, CAPA lists USER but no STLS, and the remote client logs
+        in."""
+        factory = self.make_factory("never", tls=ServerTLS())
+        server = factory.buildProtocol(REMOTE)
+        client = Client()
+        server_io = STLSTransport(server, isServer=True, peerAddress=REMOTE)
+        client_io = STLSTransport(client, isServer=False)
+        pump = connect(server, server_io, client, client_io, clock=self.clock)
+        self.assertTrue(client.take().startswith(b"+OK mx.example.org"))
+        client_io.write(b"CAPA\r\nSTLS\r\nUSER alice\r\n")
+        pump.flush()
+        before = client.take()
+        self.assertIn(b"\r\nSTLS\r\n", before)
+        self.assertNotIn(b"\r\nUSER\r\n", before)
+        self.assertTrue(before.endswith(b"+OK Begin TLS negotiation\r\n"))
+        client_io.startTLS(client_tls())
+        pump.flush()
+        client_io.write(b"PASS secret\r\nCAPA\r\nUSER alice\r\nPASS secret\r\n")
+        pump.flush()
+        inside = client.take()
+        self.assertTrue(inside.startswith(b"-ERR Send USER first\r\n+OK Capability list"))
+        capabilities = inside.split(b"\r\n.\r\n")[0].split(b"\r\n")
+        self.assertIn(b"USER", capabilities)
+        self.assertNotIn(b"STLS", capabilities)
+        self.assertIn(b"+OK Logged in as alice@example.org", inside)
+        client_io.write(b"QUIT\r\n")
+        pump.flush()
+        self.assertTrue(client.take().startswith(b"+OK mx.example.org signing off"))
 
     # -- the mailbox --------------------------------------------------------------------
 
@@ -224,6 +589,7 @@ class POP3ServerTests(SynchronousTestCase):
         first, _ = self.login()
         protocol, transport = self.connect()
         protocol.dataReceived(b"USER alice@example.org\r\nPASS secret\r\n")
+        self.clock.advance(0)
         self.assertTrue(
             transport.value().endswith(
                 b"-ERR [IN-USE] Mailbox is in use by another POP3 session\r\n"
@@ -232,6 +598,7 @@ class POP3ServerTests(SynchronousTestCase):
         self.drop(first)
         transport.clear()
         protocol.dataReceived(b"USER alice\r\nPASS secret\r\n")
+        self.clock.advance(0)
         self.assertIn(b"+OK Logged in", transport.value())
 
     def test_retr_is_one_write_and_byte_stuffed(self) -> None:
@@ -399,6 +766,7 @@ class POP3ServerTests(SynchronousTestCase):
         """While a login waits (throttled), a flood of pipelined input pauses reading."""
         protocol, transport = self.connect()
         protocol.dataReceived(b"USER alice\r\nPASS wrong\r\n")
+        self.clock.advance(0)
         protocol.dataReceived(b"USER alice\r\nPASS secret\r\n" + b"NOOP\r\n" * 20000)
         self.assertEqual(transport.producerState, "paused")
         self.clock.advance(3)

@@ -11,6 +11,7 @@ from mailserver.pop3 import replies
 from mailserver.pop3.replies import Reply
 from mailserver.pop3.session import (
     MAX_COMMAND_LINE,
+    MAX_SASL_RESPONSE_LINE,
     Authenticate,
     Close,
     Commit,
@@ -19,8 +20,10 @@ from mailserver.pop3.session import (
     POP3Session,
     SendMessage,
     SessionPolicy,
+    StartTLS,
     State,
 )
+from mailserver.sasl import Credentials
 
 POLICY = SessionPolicy(hostname="mx.example.org", max_errors=20, max_auth_failures=3)
 MESSAGES = [MessageInfo("uid-a", 120), MessageInfo("uid-b", 200), MessageInfo("uid-c", 35)]
@@ -49,6 +52,15 @@ def plain(authzid: str, authcid: str, password: str) -> str:
     return base64.b64encode(f"{authzid}\0{authcid}\0{password}".encode()).decode()
 
 
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def credentials(outcome: Outcome) -> Credentials:
+    assert isinstance(outcome, Authenticate), outcome
+    return outcome.credentials
+
+
 # -- AUTHORIZATION ----------------------------------------------------------------------------
 
 
@@ -69,7 +81,7 @@ def test_capa_lists_exactly_what_works() -> None:
         "TOP",
         "UIDL",
         "USER",
-        "SASL PLAIN",
+        "SASL PLAIN LOGIN",
         "RESP-CODES",
         "AUTH-RESP-CODE",
         "PIPELINING",
@@ -95,7 +107,9 @@ def test_user_pass_asks_for_a_credential_check() -> None:
     session = POP3Session(POLICY, plaintext_allowed=True)
     assert send(session, "user alice@example.org") == replies.USER_OK
     action = send(session, "PASS correct horse  battery ")
-    assert action == Authenticate("alice@example.org", "correct horse  battery ")
+    assert action == Authenticate(
+        Credentials("alice@example.org", "correct horse  battery ", mechanism="USER")
+    )
     assert "horse" not in repr(action)
 
 
@@ -155,7 +169,7 @@ def test_sasl_plain_with_initial_response() -> None:
     """RFC 5034 §4 / RFC 4616: AUTH PLAIN <base64> carries authzid, authcid and password."""
     session = POP3Session(POLICY, plaintext_allowed=True)
     action = send(session, f"AUTH PLAIN {plain('', 'alice', 'pw with space')}")
-    assert action == Authenticate("alice", "pw with space", mechanism="PLAIN")
+    assert action == Authenticate(Credentials("alice", "pw with space", mechanism="PLAIN"))
 
 
 def test_sasl_plain_with_challenge() -> None:
@@ -164,7 +178,7 @@ def test_sasl_plain_with_challenge() -> None:
     challenge = reply(send(session, "auth plain"))
     assert challenge == replies.SASL_CHALLENGE and challenge.to_bytes() == b"+ \r\n"
     action = send(session, plain("", "alice", "pw"))
-    assert action == Authenticate("alice", "pw", mechanism="PLAIN")
+    assert action == Authenticate(Credentials("alice", "pw", mechanism="PLAIN"))
 
 
 def test_sasl_cancel_and_malformed_responses() -> None:
@@ -178,21 +192,58 @@ def test_sasl_cancel_and_malformed_responses() -> None:
     assert send(session, f"AUTH PLAIN {no_nul}") == replies.BAD_SASL_RESPONSE
 
 
+def test_sasl_login_asks_for_user_name_then_password() -> None:
+    """AUTH LOGIN: "+ " challenges "Username:" and "Password:" in base64, each answered by
+    one base64 line, then the credentials are checked (mechanism LOGIN)."""
+    session = POP3Session(POLICY, plaintext_allowed=True)
+    first = reply(send(session, "AUTH LOGIN"))
+    assert first == replies.SASL_CHALLENGE and first.to_bytes() == b"+ VXNlcm5hbWU6\r\n"
+    second = reply(send(session, b64("alice@example.org")))
+    assert second.to_bytes() == b"+ UGFzc3dvcmQ6\r\n"
+    action = send(session, b64("pw with space"))
+    assert action == Authenticate(
+        Credentials("alice@example.org", "pw with space", mechanism="LOGIN")
+    )
+
+
+def test_sasl_login_with_initial_response_and_cancel() -> None:
+    """An initial response to AUTH LOGIN is the user name; "*" at the password prompt
+    cancels with -ERR, and the next line is a command again."""
+    session = POP3Session(POLICY, plaintext_allowed=True)
+    assert reply(send(session, f"AUTH LOGIN {b64('alice')}")).text == b64("Password:")
+    assert send(session, "*") == replies.AUTH_CANCELLED
+    assert reply(send(session, "CAPA")) == replies.CAPABILITIES
+
+
 def test_sasl_unknown_mechanism_and_listing() -> None:
-    """Only PLAIN is offered; a bare AUTH lists it for older clients."""
+    """PLAIN and LOGIN are offered (CAPA's SASL line, RFC 5034 §3); others get -ERR; a bare
+    AUTH lists them for older clients."""
     session = POP3Session(POLICY, plaintext_allowed=True)
     assert send(session, "AUTH CRAM-MD5") == replies.UNKNOWN_MECHANISM
     listing = reply(send(session, "AUTH"))
-    assert listing == replies.MECHANISMS and listing.lines == ("PLAIN",)
+    assert listing == replies.MECHANISMS and listing.lines == ("PLAIN", "LOGIN")
 
 
-def test_sasl_authzid_must_name_the_same_mailbox() -> None:
-    """RFC 4616 §2: a user may not act as somebody else; naming oneself is fine."""
+def test_sasl_authzid_goes_to_the_login_check() -> None:
+    """The session passes the authorization identity on; the login checker decides whether
+    it names the user's own mailbox (RFC 4616 §2), and the session only hears the answer."""
     session = POP3Session(POLICY, plaintext_allowed=True)
-    send(session, f"AUTH PLAIN {plain('bob@example.org', 'alice', 'pw')}")
-    assert session.authenticated("alice@example.org") == replies.AUTH_FAILED
-    send(session, f"AUTH PLAIN {plain('Alice@Example.ORG', 'alice', 'pw')}")
-    assert session.authenticated("alice@example.org") == OpenMailbox("alice@example.org")
+    action = send(session, f"AUTH PLAIN {plain('bob@example.org', 'alice', 'pw')}")
+    assert credentials(action).authzid == "bob@example.org"
+    assert session.authenticated(None) == replies.AUTH_FAILED
+
+
+def test_sasl_response_line_limit() -> None:
+    """A response may be longer than a command line (RFC 5034 §4), up to its own limit; past
+    that the exchange ends with -ERR and the next line is a command."""
+    session = POP3Session(POLICY, plaintext_allowed=True)
+    send(session, "AUTH PLAIN")
+    assert session.line_limit == MAX_SASL_RESPONSE_LINE > MAX_COMMAND_LINE
+    assert session.handle_line(b"A" * MAX_SASL_RESPONSE_LINE) == replies.BAD_SASL_RESPONSE
+    assert session.line_limit == MAX_COMMAND_LINE
+    send(session, "AUTH PLAIN")
+    long_password = "p" * 1000
+    assert credentials(send(session, plain("", "alice", long_password))).password == long_password
 
 
 def test_commands_outside_their_state() -> None:
@@ -201,7 +252,7 @@ def test_commands_outside_their_state() -> None:
     for command in ("STAT", "LIST", "RETR 1", "DELE 1", "NOOP", "RSET", "TOP 1 0", "UIDL"):
         assert send(session, command) == replies.NOT_LOGGED_IN, command
     session = logged_in()
-    for command in ("USER alice", "PASS x", "AUTH PLAIN"):
+    for command in ("USER alice", "PASS x", "AUTH PLAIN", "STLS"):
         assert send(session, command) == replies.ALREADY_LOGGED_IN, command
 
 
@@ -236,6 +287,88 @@ def test_quit_in_authorization_touches_nothing() -> None:
     session = POP3Session(POLICY, plaintext_allowed=True)
     assert send(session, "QUIT") == Close(replies.BYE)
     assert session.closed
+
+
+# -- TLS (RFC 2595, RFC 8314) ------------------------------------------------------------------
+
+
+def tls_session(plaintext_allowed: bool = False) -> POP3Session:
+    return POP3Session(POLICY, plaintext_allowed=plaintext_allowed, tls_available=True)
+
+
+def test_capa_offers_stls_only_while_it_can_be_used() -> None:
+    """RFC 2595 §4: STLS is listed when the listener has TLS and the connection is still
+    plaintext; not without a certificate, not inside TLS (after STLS or implicit TLS)."""
+    session = tls_session()
+    assert reply(send(session, "CAPA")).lines == (
+        "TOP",
+        "UIDL",
+        "STLS",
+        "RESP-CODES",
+        "AUTH-RESP-CODE",
+        "PIPELINING",
+        "IMPLEMENTATION mailserver",
+    )
+    assert send(session, "STLS") == StartTLS(replies.TLS_READY)
+    after = reply(send(session, "CAPA")).lines
+    assert after is not None and "STLS" not in after
+    assert "USER" in after and "SASL PLAIN LOGIN" in after
+    plain_only = reply(send(POP3Session(POLICY, plaintext_allowed=True), "CAPA")).lines
+    assert plain_only is not None and "STLS" not in plain_only
+
+
+def test_stls_then_plaintext_login_is_allowed() -> None:
+    """Where plaintext is not allowed, USER and AUTH are refused [AUTH] before STLS and
+    accepted after it: the password now travels inside TLS."""
+    session = tls_session()
+    assert send(session, "USER alice") == replies.PLAINTEXT_DISALLOWED
+    assert send(session, "STLS") == StartTLS(replies.TLS_READY)
+    assert session.encrypted and session.plaintext_allowed
+    assert send(session, "USER alice") == replies.USER_OK
+    assert isinstance(send(session, "PASS secret"), Authenticate)
+
+
+def test_stls_refusals() -> None:
+    """STLS with an argument is a syntax error; a second STLS gets RFC 2595's "-ERR Command
+    not permitted when TLS active"; without a certificate STLS is not available."""
+    session = tls_session()
+    assert send(session, "STLS now") == replies.SYNTAX_ERROR
+    assert not session.encrypted
+    assert send(session, "stls") == StartTLS(replies.TLS_READY)
+    assert send(session, "STLS") == replies.TLS_ACTIVE
+    assert replies.TLS_ACTIVE.to_bytes() == b"-ERR Command not permitted when TLS active\r\n"
+    without = POP3Session(POLICY, plaintext_allowed=True)
+    assert send(without, "STLS") == replies.TLS_UNAVAILABLE
+    assert not without.encrypted
+
+
+def test_user_before_stls_is_forgotten() -> None:
+    """A USER sent in plaintext does not carry over into TLS: PASS after STLS is refused as
+    if USER had never been sent (RFC 1939 §7's -ERR), and that counts as an error."""
+    session = tls_session(plaintext_allowed=True)
+    assert send(session, "USER bob") == replies.USER_OK
+    assert send(session, "STLS") == StartTLS(replies.TLS_READY)
+    assert send(session, "PASS x") == replies.USER_FIRST
+
+
+def test_stls_during_a_sasl_exchange_is_its_response() -> None:
+    """RFC 5034 §4: while an exchange waits for a response, "STLS" is that response (here
+    malformed, ending the exchange), not a command: TLS is not started."""
+    session = tls_session(plaintext_allowed=True)
+    send(session, "AUTH PLAIN")
+    assert send(session, "STLS") == replies.BAD_SASL_RESPONSE
+    assert not session.encrypted
+    assert send(session, "STLS") == StartTLS(replies.TLS_READY)
+
+
+def test_implicit_tls_starts_encrypted() -> None:
+    """RFC 8314 (port 995): a session that starts inside TLS offers no STLS, refuses it as
+    already active, and allows plaintext logins whatever the plaintext policy says."""
+    session = POP3Session(POLICY, plaintext_allowed=False, tls_available=True, encrypted=True)
+    lines = reply(send(session, "CAPA")).lines
+    assert lines is not None and "STLS" not in lines and "USER" in lines
+    assert send(session, "STLS") == replies.TLS_ACTIVE
+    assert send(session, "USER alice") == replies.USER_OK
 
 
 # -- TRANSACTION ------------------------------------------------------------------------------

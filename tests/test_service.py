@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
@@ -26,6 +28,7 @@ from mailserver.limits import Admission
 from mailserver.listeners import ListenerService
 from mailserver.smtp.server import SMTPServerFactory
 from mailserver.spool import STALE_AFTER
+from mailserver.tls import ServerTLS, TLSFiles, write_self_signed
 from mailserver.userdb import SQLiteUserDatabase, database_path
 from mailserver.workers import WorkerProcesses
 
@@ -48,6 +51,9 @@ data_timeout = "4m"
 max_connections = 5
 max_connections_per_client = 2
 max_errors = 4
+
+[submission]
+listen = []
 
 [pop3]
 listen = []
@@ -293,3 +299,90 @@ def test_free_memory_is_released_once_the_reactor_runs() -> None:
     service.MemoryTrimService(reactor).startService()
     assert [hook for hook, _, _ in reactor.whenRunningHooks] == [service.release_free_memory]
     service.release_free_memory()  # and doing it is harmless
+
+
+# --- Submission and TLS.
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    directory = tmp_path_factory.mktemp("tls")
+    files = TLSFiles(directory / "mx.crt", directory / "mx.key")
+    write_self_signed("mx.ours.example", files.certificate, files.private_key)
+    return files
+
+
+def tls_config(certificate: TLSFiles, extra: str = "") -> str:
+    return (
+        CONFIG.replace("[submission]\nlisten = []\n", "")
+        + f'[tls]\ncertificate = "{certificate.certificate}"\n'
+        + f'private_key = "{certificate.private_key}"\n'
+        + extra
+    )
+
+
+@pytest.mark.usefixtures("recorded_endpoints")
+def test_submission_listeners_share_the_mx_storage(tmp_path: Path, certificate: TLSFiles) -> None:
+    """Submission listeners get a factory of their own whose policy requires AUTH, sharing
+    the user database, store, connection limits and login checker with the MX listeners; an
+    ssl: listener is a tcp: port wrapped in TLS with the [tls] certificate, and STARTTLS uses
+    that certificate too."""
+    extra = '[submission]\nlisten = ["tcp:5587", "ssl:4650:interface=127.0.0.1"]\n'
+    top = service.make_service(
+        make_config(tmp_path, tls_config(certificate, extra)), MemoryReactorClock()
+    )
+    mx, _, starttls, implicit = listeners(top)
+    assert isinstance(mx.factory, SMTPServerFactory)
+    assert isinstance(starttls.factory, SMTPServerFactory)
+    assert not mx.factory.policy.auth
+    assert starttls.factory.policy.auth and starttls.factory.policy.auth_required
+    for shared in ("users", "store", "limiter", "logins", "tls"):
+        assert getattr(starttls.factory, shared) is getattr(mx.factory, shared), shared
+    assert isinstance(starttls.factory.tls, ServerTLS)
+    assert starttls.factory.tls.files == certificate
+    assert implicit.endpoint.description == "tcp:4650:interface=127.0.0.1"
+    assert isinstance(implicit.factory, TLSMemoryBIOFactory)
+    assert implicit.factory.wrappedFactory is starttls.factory
+
+
+@pytest.mark.usefixtures("recorded_endpoints")
+def test_mx_may_also_accept_submission(tmp_path: Path) -> None:
+    """With smtp.accept_submission the MX listeners offer AUTH without requiring it."""
+    text = CONFIG.replace("max_errors = 4", "max_errors = 4\naccept_submission = true")
+    [mx, _] = listeners(service.make_service(make_config(tmp_path, text), MemoryReactorClock()))
+    assert mx.factory.policy.auth and not mx.factory.policy.auth_required
+
+
+@pytest.mark.usefixtures("recorded_endpoints")
+def test_ssl_listener_with_its_own_certificate(tmp_path: Path, certificate: TLSFiles) -> None:
+    """An ssl: listener naming its own files gets a TLS context for them."""
+    listen = f"ssl:4650:privateKey={certificate.private_key}:certKey={certificate.certificate}"
+    text = CONFIG.replace("[submission]\nlisten = []", f'[submission]\nlisten = ["{listen}"]')
+    top = service.make_service(make_config(tmp_path, text), MemoryReactorClock())
+    [_, _, implicit] = listeners(top)
+    assert isinstance(implicit.factory, TLSMemoryBIOFactory)
+    [contexts] = [child for child in top if isinstance(child, service.TLSContexts)]
+    assert contexts.default is None
+    assert contexts.loaded == (certificate,)
+
+
+def test_sighup_reloads_every_tls_context(certificate: TLSFiles) -> None:
+    """While running, the TLS contexts service answers SIGHUP by reloading every context in
+    the reactor thread; stopping it puts the previous handler back."""
+    calls: list[object] = []
+
+    class Reactor:
+        def callFromThread(self, function: Any) -> None:
+            calls.append(function)
+
+    contexts = service.TLSContexts(Reactor(), certificate)
+    before = signal.getsignal(signal.SIGHUP)
+    contexts.startService()
+    try:
+        handler = signal.getsignal(signal.SIGHUP)
+        assert callable(handler)
+        handler(signal.SIGHUP, None)
+        assert calls == [contexts.reload]
+    finally:
+        contexts.stopService()
+    assert signal.getsignal(signal.SIGHUP) == before

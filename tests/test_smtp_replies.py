@@ -9,7 +9,8 @@ from mailserver.smtp.replies import Reply
 
 ALL = {name: value for name, value in vars(replies).items() if isinstance(value, Reply)}
 # RFC 2034 §3: no enhanced code on the greeting and EHLO/HELO replies; 354 is intermediate.
-WITHOUT_ENHANCED = {"GREETING", "EHLO_OK", "HELO_OK", "START_DATA"}
+# RFC 2034 §3 and RFC 4954 §4: no enhanced code on these (a 334 carries only base64 text).
+WITHOUT_ENHANCED = {"GREETING", "EHLO_OK", "HELO_OK", "START_DATA", "AUTH_CHALLENGE"}
 
 
 def test_single_line() -> None:

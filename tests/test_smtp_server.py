@@ -8,6 +8,7 @@ compared by their code and enhanced code against the names in :mod:`mailserver.s
 
 from __future__ import annotations
 
+import base64
 import errno
 import itertools
 import re
@@ -21,15 +22,18 @@ from typing import cast
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailserver.address import Mailbox
+from mailserver.authlimit import LoginThrottle
 from mailserver.interfaces import RecipientLookup, StorageFull
 from mailserver.limits import ConnectionLimiter
 from mailserver.lineserver import PAUSE_BACKLOG
+from mailserver.logins import LoginChecker
 from mailserver.memory import MemoryMailStore, MemoryUserDatabase
 from mailserver.smtp import replies, server
 from mailserver.smtp.replies import Reply
@@ -945,3 +949,173 @@ class LoggingTests(ServerTestCase):
             (failed["id"], failed["mailboxes"], failed["code"], failed["reason"]),
             ("ID1", ["bob@ours.example"], 452, "quota exceeded"),
         )
+
+
+class TLSTransport(StringTransport):
+    """A StringTransport that can start TLS, as TCP transports can: it records the context
+    and what had been written before, in plaintext."""
+
+    def __init__(self, peer: IPv4Address) -> None:
+        super().__init__(peerAddress=peer)
+        self.tls_context: object = None
+        self.written_before_tls = b""
+
+    def startTLS(self, context: object) -> None:
+        self.tls_context = context
+        self.written_before_tls = self.value()
+
+
+SUBMISSION = replace(POLICY, auth=True, auth_required=True)
+ALICE = "alice@ours.example"
+PASSWORD = "correct horse"
+
+
+def plain(login: str, password: str) -> bytes:
+    return base64.b64encode(f"\0{login}\0{password}".encode())
+
+
+class SecurityTests(ServerTestCase):
+    """STARTTLS, AUTH and the submission policy, through the glue."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.users.add_user(ALICE, PASSWORD)
+        self.users.add_alias("sales@ours.example", [ALICE])
+        self.throttle = LoginThrottle(self.clock)
+        self.tls_context = object()
+
+    def secure_factory(
+        self, policy: SessionPolicy = SUBMISSION, plaintext_auth: str = "always"
+    ) -> SMTPServerFactory:
+        return SMTPServerFactory(
+            policy=policy,
+            timeouts=TIMEOUTS,
+            users=self.users,
+            store=self.store,
+            spool_directory=self.spool_directory,
+            limiter=self.limiter,
+            reactor=self.clock,
+            tls=cast(IOpenSSLServerConnectionCreator, self.tls_context),
+            logins=LoginChecker(self.users, self.throttle, self.clock),
+            plaintext_auth=plaintext_auth,
+        )
+
+    def secure_client(self, **kwargs: object) -> tuple[Client, TLSTransport]:
+        transport = TLSTransport(PEER)
+        client = Client(self.secure_factory(**kwargs), PEER, transport)  # type: ignore[arg-type]
+        self.assertEqual(client.codes(), codes(replies.GREETING))
+        return client, transport
+
+    def logged_in(self, policy: SessionPolicy = SUBMISSION) -> Client:
+        client, _ = self.secure_client(policy=policy)
+        client.send(EHLO + b"AUTH PLAIN " + plain(ALICE, PASSWORD) + b"\r\n")
+        self.assertEqual(client.codes(), EHLO_REPLY + codes(replies.AUTHENTICATED))
+        return client
+
+    def test_starttls_discards_pipelined_input(self) -> None:
+        """Commands sent in the same packet as STARTTLS are thrown away unread: only the 220
+        goes out, in plaintext, before TLS starts; afterwards the session starts afresh
+        (RFC 3207 §4.2, CVE-2011-0411)."""
+        client, transport = self.secure_client()
+        client.send(EHLO)
+        self.assertIn("STARTTLS", client.replies()[0][2].split("\n"))
+        client.send(b"STARTTLS\r\nMAIL FROM:<alice@ours.example>\r\nRCPT TO:<bob@ours.example>\r\n")
+        self.assertIs(transport.tls_context, self.tls_context)
+        self.assertEqual(
+            parse_replies(transport.written_before_tls), [(220, "2.0.0", "Ready to start TLS")]
+        )
+        self.assertEqual(client.codes(), codes(replies.READY_FOR_TLS))
+        client.protocol.handshakeCompleted()
+        client.send(b"MAIL FROM:<alice@ours.example>\r\n")
+        self.assertEqual(client.codes(), codes(replies.NEED_HELO))
+        client.send(EHLO)
+        self.assertNotIn("STARTTLS", client.replies()[0][2].split("\n"))
+
+    def test_authenticated_submission_is_delivered(self) -> None:
+        """A user who logged in sends from an alias of theirs to a local user; the message is
+        delivered with ESMTPA in its Received header."""
+        client = self.logged_in()
+        client.send(b"MAIL FROM:<sales@ours.example>\r\n" + RCPT_BOB + b"DATA\r\n")
+        self.assertEqual(
+            client.codes(), codes(replies.SENDER_OK, replies.RECIPIENT_OK, replies.START_DATA)
+        )
+        client.send(message(b"From: Sales <sales@ours.example>\r\n\r\nHello\r\n"))
+        self.assertEqual(client.codes(), codes(replies.MESSAGE_ACCEPTED))
+        [content] = self.store.mailboxes["bob@ours.example"]
+        self.assertEqual(list(self.store.mailboxes), ["bob@ours.example"])
+        self.assertIn(b"with ESMTPA id", content)
+
+    def test_foreign_sender_and_author_are_refused(self) -> None:
+        """Another user's envelope sender is 553 5.7.1; another user's From header is 550 5.7.1
+        at the end of the data, and the spooled message is thrown away."""
+        client = self.logged_in()
+        client.send(b"MAIL FROM:<bob@ours.example>\r\n")
+        self.assertEqual(client.codes(), codes(replies.SENDER_NOT_OWNED))
+        client.send(b"MAIL FROM:<alice@ours.example>\r\n" + RCPT_BOB + b"DATA\r\n")
+        client.take()
+        client.send(message(b"From: bob@ours.example\r\n\r\n" + b"x" * SPILL_THRESHOLD + b"\r\n"))
+        self.assertEqual(client.codes(), codes(replies.AUTHOR_NOT_OWNED))
+        self.assertEqual(self.store.mailboxes, {})
+        self.assertEqual(self.spool_files(), [])
+        self.assertEqual(len(self.events_of("rejected")), 2)
+
+    def test_submission_requires_auth_and_never_relays_without_it(self) -> None:
+        """Without AUTH, MAIL is 530 on submission; on the MX, mail for another domain is
+        relay denied even for a client that could have logged in."""
+        client, _ = self.secure_client()
+        client.send(EHLO + MAIL)
+        self.assertEqual(client.codes(), EHLO_REPLY + codes(replies.AUTH_REQUIRED))
+        mx, _ = self.secure_client(policy=POLICY)
+        mx.send(EHLO + MAIL + b"RCPT TO:<someone@elsewhere.example>\r\n")
+        self.assertEqual(mx.codes(), EHLO_REPLY + codes(replies.SENDER_OK, replies.RELAY_DENIED))
+
+    def test_remote_recipient_is_a_temporary_refusal(self) -> None:
+        """An authenticated user's mail for another domain is refused for now with 451."""
+        client = self.logged_in()
+        client.send(b"MAIL FROM:<alice@ours.example>\r\nRCPT TO:<x@elsewhere.example>\r\n")
+        self.assertEqual(
+            client.codes(), codes(replies.SENDER_OK, replies.REMOTE_DELIVERY_UNAVAILABLE)
+        )
+
+    def test_plaintext_auth_refused_from_the_network(self) -> None:
+        """With plaintext_auth = "loopback", a client on another machine gets no AUTH in EHLO
+        and 538 for AUTH before TLS."""
+        client, _ = self.secure_client(plaintext_auth="loopback")
+        client.send(EHLO)
+        self.assertNotIn("AUTH PLAIN LOGIN", client.replies()[0][2].split("\n"))
+        client.send(b"AUTH PLAIN " + plain(ALICE, PASSWORD) + b"\r\n")
+        self.assertEqual(client.codes(), codes(replies.ENCRYPTION_REQUIRED))
+
+    def test_failed_logins_are_delayed(self) -> None:
+        """A wrong password is 535 5.7.8; the next attempt from that address waits out the
+        throttle's delay before it is even checked, with pipelined commands held behind it."""
+        client, _ = self.secure_client()
+        client.send(EHLO + b"AUTH PLAIN " + plain(ALICE, "wrong") + b"\r\n")
+        self.assertEqual(client.codes(), EHLO_REPLY + codes(replies.AUTH_FAILED))
+        client.send(b"AUTH PLAIN " + plain(ALICE, PASSWORD) + b"\r\nNOOP\r\n")
+        self.assertEqual(client.take(), b"")
+        self.clock.advance(self.throttle.delay(1))
+        self.assertEqual(client.codes(), codes(replies.AUTHENTICATED, replies.OK))
+
+    def test_client_leaving_during_login_delay(self) -> None:
+        """A client that hangs up while its login is delayed has its check cancelled: no
+        password is checked and nothing is logged as an error."""
+        client, _ = self.secure_client()
+        client.send(EHLO + b"AUTH PLAIN " + plain(ALICE, "wrong") + b"\r\n")
+        client.take()
+        client.send(b"AUTH PLAIN " + plain(ALICE, PASSWORD) + b"\r\n")
+        checked: list[str] = []
+        self.patch(self.users, "authenticate", lambda login, password: checked.append(login))
+        client.lose()
+        self.clock.advance(60)
+        self.assertEqual(checked, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_ownership_lookup_failure_is_temporary(self) -> None:
+        """When the user database fails while checking the sender, the answer is 451."""
+        client = self.logged_in()
+        failing = FailingUserDatabase(OSError("database is locked"))
+        client.protocol.factory.users = failing
+        client.send(b"MAIL FROM:<alice@ours.example>\r\nNOOP\r\n")
+        self.assertEqual(client.codes(), codes(replies.LOCAL_ERROR, replies.OK))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)

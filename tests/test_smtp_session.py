@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 from email.utils import parsedate_to_datetime
 
 import pytest
@@ -10,20 +12,26 @@ from hypothesis import strategies as st
 
 from mailserver.address import Mailbox
 from mailserver.interfaces import Lookup, RecipientLookup
+from mailserver.sasl import Credentials
 from mailserver.smtp import replies
 from mailserver.smtp.data import ContentInspector, ContentSummary
+from mailserver.smtp.replies import Reply
 from mailserver.smtp.session import (
     ALLOWED,
     MAX_COMMAND_LINE,
     OUT_OF_SEQUENCE,
+    Authenticate,
+    CheckOwnership,
     CheckRecipient,
     ClientInfo,
     Close,
     Deliver,
     Outcome,
     ReceiveContent,
+    Security,
     SessionPolicy,
     SMTPSession,
+    StartTLS,
     State,
 )
 
@@ -95,6 +103,8 @@ COMMANDS = {
     "RCPT": "RCPT TO:<rcpt2@ours.example>",
     "DATA": "DATA",
     "BDAT": "BDAT 10 LAST",
+    "STARTTLS": "STARTTLS",
+    "AUTH": "AUTH PLAIN",
 }
 ANYTIME = {
     "RSET": replies.RESET_OK,
@@ -213,6 +223,8 @@ def test_out_of_sequence_commands(verb: str, state: State) -> None:
     session = SESSION_IN[state]()
     outcome = line(session, COMMANDS[verb])
     expected = OUT_OF_SEQUENCE[state]
+    if verb in ("STARTTLS", "AUTH") and state is not State.GREETED:
+        expected = replies.IN_TRANSACTION  # RFC 3207 §4, RFC 4954 §4
     assert expected.code == 503
     if verb == "BDAT":
         assert isinstance(outcome, ReceiveContent)
@@ -954,3 +966,389 @@ def test_rcpt_to_bare_postmaster_is_looked_up_as_the_configured_address(path: st
     session = in_mail()
     outcome = line(session, f"RCPT TO:{path}")
     assert outcome == CheckRecipient(Mailbox("postmaster", "ours.example"))
+
+
+# -- STARTTLS (RFC 3207) ------------------------------------------------------------------------
+
+SUBMISSION = dataclasses.replace(POLICY, auth=True, auth_required=True)
+USER = "alice@ours.example"
+
+
+def secured(
+    policy: SessionPolicy = POLICY,
+    encrypted: bool = False,
+    starttls: bool = True,
+    plaintext_auth: bool = False,
+) -> SMTPSession:
+    return SMTPSession(
+        policy,
+        ClientInfo("192.0.2.1", 1234),
+        now=lambda: 0.0,
+        new_id=lambda: "ID1",
+        security=Security(encrypted=encrypted, starttls=starttls, plaintext_auth=plaintext_auth),
+    )
+
+
+def extensions(session: SMTPSession) -> list[str]:
+    reply = line(session, "EHLO client.example")
+    assert reply == replies.EHLO_OK
+    assert isinstance(reply, Reply)
+    return reply.text.split("\n")[1:]
+
+
+def test_starttls_offered_only_with_a_certificate_and_before_tls() -> None:
+    """EHLO lists STARTTLS when the listener has a certificate and the connection is not yet
+    encrypted, and never inside TLS (RFC 3207 §4.2)."""
+    assert "STARTTLS" in extensions(secured(starttls=True))
+    assert "STARTTLS" not in extensions(secured(starttls=False))
+    assert "STARTTLS" not in extensions(secured(encrypted=True))
+
+
+def test_starttls_resets_the_session() -> None:
+    """STARTTLS answers 220 through a StartTLS action and forgets the EHLO: the client must
+    greet again, and the session counts as encrypted from then on (RFC 3207 §4.2)."""
+    session = secured()
+    extensions(session)
+    outcome = line(session, "STARTTLS")
+    assert isinstance(outcome, StartTLS)
+    assert outcome.reply == replies.READY_FOR_TLS
+    assert session.state is State.GREETED
+    assert session.helo is None
+    assert session.encrypted
+    assert line(session, "MAIL FROM:<a@client.example>") == replies.NEED_HELO
+    assert line(session, "EHLO again.example") == replies.EHLO_OK
+    assert line(session, "STARTTLS") == replies.TLS_ALREADY_ACTIVE
+
+
+def test_starttls_refusals() -> None:
+    """STARTTLS without a certificate is not implemented (502), takes no argument (501), and
+    needs EHLO first (503)."""
+    assert line(ready(), "STARTTLS") == replies.NOT_IMPLEMENTED
+    session = secured()
+    assert line(session, "STARTTLS") == replies.NEED_HELO
+    extensions(session)
+    assert line(session, "STARTTLS now") == replies.SYNTAX_ERROR
+
+
+def test_received_header_records_tls_and_authentication() -> None:
+    """After TLS and AUTH the Received header says ESMTPSA (RFC 3848) and names the TLS
+    version and cipher."""
+    session = secured(SUBMISSION, encrypted=True)
+    session.tls_started("TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)")
+    authenticate(session)
+    assert line(session, f"MAIL FROM:<{USER}>") == CheckOwnership(
+        (Mailbox("alice", "ours.example"),)
+    )
+    assert (
+        session.ownership_checked([RecipientLookup(Lookup.DELIVER, (USER,))]) == replies.SENDER_OK
+    )
+    assert add_recipient(session, "rcpt@ours.example") == replies.RECIPIENT_OK
+    header = trace_headers(session)
+    assert "with ESMTPSA id ID1" in header
+    assert "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))" in header
+
+
+@pytest.mark.parametrize(
+    "encrypted, authenticated, smtputf8, expected",
+    [
+        (False, False, False, "ESMTP"),
+        (True, False, False, "ESMTPS"),
+        (False, True, False, "ESMTPA"),
+        (True, True, False, "ESMTPSA"),
+        (True, True, True, "UTF8SMTPSA"),
+    ],
+)
+def test_received_protocol_names(
+    encrypted: bool, authenticated: bool, smtputf8: bool, expected: str
+) -> None:
+    """The "with" keyword follows RFC 3848 and RFC 6531 §3.7.3."""
+    policy = dataclasses.replace(POLICY, auth=True, check_from_header=False)
+    session = secured(policy, encrypted=encrypted, plaintext_auth=True)
+    extensions(session)
+    if authenticated:
+        authenticate(session, greet=False)
+    sender = "MAIL FROM:<alice@ours.example>" + (" SMTPUTF8" if smtputf8 else "")
+    outcome = line(session, sender)
+    if authenticated:
+        assert isinstance(outcome, CheckOwnership)
+        outcome = session.ownership_checked([RecipientLookup(Lookup.DELIVER, (USER,))])
+    assert outcome == replies.SENDER_OK
+    assert add_recipient(session, "rcpt@ours.example") == replies.RECIPIENT_OK
+    assert f"with {expected} id" in trace_headers(session)
+
+
+# -- AUTH (RFC 4954) ----------------------------------------------------------------------------
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def authenticate(session: SMTPSession, greet: bool = True, login: str = USER) -> None:
+    if greet:
+        extensions(session)
+    outcome = line(session, f"AUTH PLAIN {b64(chr(0) + login + chr(0) + 'secret')}")
+    assert outcome == Authenticate(Credentials(login, "secret"))
+    assert session.authenticated(USER) == replies.AUTHENTICATED
+
+
+def test_auth_offered_only_inside_tls_or_where_plaintext_is_allowed() -> None:
+    """AUTH is listed only on a listener that takes submissions, and only when a password
+    may travel on this connection: inside TLS, or where plaintext logins are allowed."""
+    auth_line = "AUTH PLAIN LOGIN"
+    assert auth_line not in extensions(secured(SUBMISSION))
+    assert auth_line in extensions(secured(SUBMISSION, encrypted=True))
+    assert auth_line in extensions(secured(SUBMISSION, plaintext_auth=True))
+    assert auth_line not in extensions(secured(POLICY, encrypted=True))
+
+
+def test_auth_before_tls_is_refused_with_538() -> None:
+    """A password sent in plaintext is refused before it is even decoded (RFC 4954 §6)."""
+    session = secured(SUBMISSION)
+    extensions(session)
+    assert line(session, f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + 'pw')}") == (
+        replies.ENCRYPTION_REQUIRED
+    )
+    assert session.user is None
+
+
+def test_auth_on_a_listener_without_submission_is_not_implemented() -> None:
+    """The MX listener never authenticates (and so never relays) unless configured to."""
+    session = secured(POLICY, encrypted=True)
+    extensions(session)
+    assert line(session, "AUTH PLAIN") == replies.NOT_IMPLEMENTED
+
+
+def test_auth_plain_with_a_challenge() -> None:
+    """AUTH PLAIN without an initial response gets an empty 334 challenge; the next line is
+    the response, which may be up to 12288 octets (RFC 4954 §4)."""
+    session = secured(SUBMISSION, encrypted=True)
+    extensions(session)
+    challenge = line(session, "AUTH PLAIN")
+    assert challenge == replies.AUTH_CHALLENGE
+    assert isinstance(challenge, Reply)
+    assert challenge.to_bytes() == b"334 \r\n"
+    assert session.line_limit == 12288
+    outcome = line(session, b64(f"{USER}\0{USER}\0pw"))
+    assert outcome == Authenticate(Credentials(USER, "pw", authzid=USER))
+    assert session.line_limit == MAX_COMMAND_LINE
+
+
+def test_auth_login_exchange() -> None:
+    """AUTH LOGIN asks for the user name and then the password, each base64."""
+    session = secured(SUBMISSION, encrypted=True)
+    extensions(session)
+    first = line(session, "AUTH LOGIN")
+    assert isinstance(first, Reply)
+    assert first.to_bytes() == b"334 VXNlcm5hbWU6\r\n"
+    second = line(session, b64(USER))
+    assert isinstance(second, Reply)
+    assert second.to_bytes() == b"334 UGFzc3dvcmQ6\r\n"
+    outcome = line(session, b64("pass word"))
+    assert outcome == Authenticate(Credentials(USER, "pass word", mechanism="LOGIN"))
+
+
+def test_auth_login_with_initial_user_name() -> None:
+    """AUTH LOGIN may carry the user name as its initial response."""
+    session = secured(SUBMISSION, encrypted=True)
+    extensions(session)
+    reply = line(session, f"AUTH LOGIN {b64(USER)}")
+    assert isinstance(reply, Reply)
+    assert reply.to_bytes() == b"334 UGFzc3dvcmQ6\r\n"
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        ("AUTH", replies.SYNTAX_ERROR),
+        ("AUTH PLAIN a b", replies.SYNTAX_ERROR),
+        ("AUTH CRAM-MD5", replies.UNKNOWN_MECHANISM),
+        ("AUTH PLAIN !!!", replies.BAD_AUTH_RESPONSE),
+        ("AUTH PLAIN " + b64("no separators"), replies.BAD_AUTH_RESPONSE),
+        ("AUTH PLAIN " + b64("one\0separator"), replies.BAD_AUTH_RESPONSE),
+        ("AUTH PLAIN " + b64("\0\0password"), replies.BAD_AUTH_RESPONSE),
+        ("AUTH PLAIN =", replies.BAD_AUTH_RESPONSE),
+    ],
+)
+def test_malformed_auth_commands(command: str, expected: Reply) -> None:
+    """Each malformed AUTH gets its precise reply and the session goes on unauthenticated."""
+    session = secured(SUBMISSION, encrypted=True)
+    extensions(session)
+    assert line(session, command) == expected
+    assert session.user is None
+    assert session.line_limit == MAX_COMMAND_LINE
+    assert line(session, "NOOP") == replies.OK
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("*", replies.AUTH_CANCELLED),
+        ("not base64!", replies.BAD_AUTH_RESPONSE),
+        (b64("\xff"), replies.BAD_AUTH_RESPONSE),
+    ],
+)
+def test_sasl_response_refusals(response: str, expected: Reply) -> None:
+    """ "*" cancels with 501 (RFC 4954 §4); an undecodable response is 501 5.5.2."""
+    session = secured(SUBMISSION, encrypted=True)
+    extensions(session)
+    assert line(session, "AUTH PLAIN") == replies.AUTH_CHALLENGE
+    assert session.handle_line(response.encode("latin-1")) == expected
+    assert line(session, "NOOP") == replies.OK
+
+
+def test_overlong_sasl_response_is_refused_with_500_5_5_6() -> None:
+    """A response line over 12288 octets cancels the exchange (RFC 4954 §4)."""
+    session = secured(SUBMISSION, encrypted=True)
+    extensions(session)
+    line(session, "AUTH PLAIN")
+    assert session.line_too_long() == replies.AUTH_LINE_TOO_LONG
+    assert session.line_limit == MAX_COMMAND_LINE
+
+
+def test_auth_failure_and_limit() -> None:
+    """A failed login is 535 5.7.8, the same for unknown users and wrong passwords; the third
+    failure on one connection closes it with 421."""
+    session = secured(SUBMISSION, encrypted=True)
+    extensions(session)
+    for _ in range(2):
+        assert isinstance(
+            line(session, f"AUTH PLAIN {b64(chr(0) + 'x' + chr(0) + 'y')}"), Authenticate
+        )
+        assert session.authenticated(None) == replies.AUTH_FAILED
+    line(session, f"AUTH PLAIN {b64(chr(0) + 'x' + chr(0) + 'y')}")
+    outcome = session.authenticated(None)
+    assert outcome == Close(replies.TOO_MANY_AUTH_FAILURES)
+    assert session.closed
+
+
+def test_auth_twice_and_temporary_failure() -> None:
+    """A second AUTH after success is 503 (RFC 4954 §4); trouble on our side is 454."""
+    session = secured(SUBMISSION, encrypted=True)
+    extensions(session)
+    line(session, f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + 'pw')}")
+    assert session.authentication_unavailable() == replies.AUTH_UNAVAILABLE
+    assert session.user is None
+    authenticate(session, greet=False)
+    assert session.user == USER
+    assert line(session, "AUTH PLAIN") == replies.ALREADY_AUTHENTICATED
+    assert "AUTH PLAIN LOGIN" not in extensions(session)
+
+
+def test_starttls_forgets_a_plaintext_login() -> None:
+    """A login made before STARTTLS does not survive it (RFC 3207 §4.2)."""
+    session = secured(SUBMISSION, plaintext_auth=True)
+    authenticate(session)
+    assert isinstance(line(session, "STARTTLS"), StartTLS)
+    assert session.user is None
+
+
+# -- submission (RFC 6409) ----------------------------------------------------------------------
+
+
+def submitting(policy: SessionPolicy = SUBMISSION) -> SMTPSession:
+    session = secured(policy, encrypted=True)
+    authenticate(session)
+    return session
+
+
+def test_submission_requires_auth_before_mail() -> None:
+    """MAIL on a submission listener without AUTH is 530 5.7.0."""
+    session = secured(SUBMISSION, encrypted=True)
+    extensions(session)
+    assert line(session, "MAIL FROM:<alice@ours.example>") == replies.AUTH_REQUIRED
+
+
+def test_sender_must_be_the_users() -> None:
+    """The envelope sender is checked: an address that delivers to the user's mailbox is
+    theirs; any other is refused with 553 5.7.1 and no transaction starts."""
+    session = submitting()
+    assert isinstance(line(session, "MAIL FROM:<boss@ours.example>"), CheckOwnership)
+    other = RecipientLookup(Lookup.DELIVER, ("boss@ours.example",))
+    assert session.ownership_checked([other]) == replies.SENDER_NOT_OWNED
+    assert session.state is State.READY
+    assert isinstance(line(session, "MAIL FROM:<elsewhere@other.example>"), CheckOwnership)
+    assert session.ownership_checked([RecipientLookup(Lookup.NOT_OUR_DOMAIN)]) == (
+        replies.SENDER_NOT_OWNED
+    )
+    assert isinstance(line(session, "MAIL FROM:<sales@ours.example>"), CheckOwnership)
+    alias = RecipientLookup(Lookup.DELIVER, (USER, "bob@ours.example"))
+    assert session.ownership_checked([alias]) == replies.SENDER_OK
+    assert session.state is State.MAIL
+
+
+def test_null_sender_needs_no_ownership() -> None:
+    """MAIL FROM:<> impersonates nobody: accepted without a look-up."""
+    assert line(submitting(), "MAIL FROM:<>") == replies.SENDER_OK
+
+
+def test_mail_auth_parameter_is_accepted_where_auth_is_offered() -> None:
+    """RFC 4954 §5: MAIL's AUTH= parameter is accepted (and not trusted) once AUTH is offered."""
+    session = submitting()
+    assert isinstance(line(session, f"MAIL FROM:<{USER}> AUTH=<>"), CheckOwnership)
+
+
+def test_remote_recipients_are_refused_for_now() -> None:
+    """An authenticated user may address other domains; until outbound delivery exists the
+    answer is a temporary refusal (451), never a silent drop. Unauthenticated: relay denied."""
+    session = submitting()
+    line(session, "MAIL FROM:<>")
+    outcome = line(session, "RCPT TO:<friend@elsewhere.example>")
+    assert isinstance(outcome, CheckRecipient)
+    remote = RecipientLookup(Lookup.NOT_OUR_DOMAIN)
+    assert session.recipient_checked(remote) == replies.REMOTE_DELIVERY_UNAVAILABLE
+    mx = in_mail()
+    line(mx, "RCPT TO:<friend@elsewhere.example>")
+    assert mx.recipient_checked(remote) == replies.RELAY_DENIED
+
+
+def summary_with_header(header: bytes) -> ContentSummary:
+    inspector = ContentInspector(lambda data: None, MAX_SIZE, keep_header=True)
+    inspector.feed(header + b"\r\nbody\r\n")
+    return inspector.summary()
+
+
+def submitted_message(session: SMTPSession) -> None:
+    line(session, "MAIL FROM:<>")
+    assert add_recipient(session, "rcpt@ours.example") == replies.RECIPIENT_OK
+    action = line(session, "DATA")
+    assert isinstance(action, ReceiveContent)
+    assert action.keep_header
+
+
+def test_from_header_must_be_the_users() -> None:
+    """With check_from_header, the From addresses are looked up at the end of the data: the
+    user's own are delivered, another's is refused with 550 5.7.1."""
+    session = submitting()
+    submitted_message(session)
+    outcome = session.content_received(summary_with_header(b"From: Alice <alice@ours.example>\r\n"))
+    assert outcome == CheckOwnership((Mailbox("alice", "ours.example"),))
+    assert isinstance(
+        session.ownership_checked([RecipientLookup(Lookup.DELIVER, (USER,))]), Deliver
+    )
+
+    session = submitting()
+    submitted_message(session)
+    session.content_received(summary_with_header(b"From: ceo@ours.example\r\n"))
+    refusal = session.ownership_checked([RecipientLookup(Lookup.DELIVER, ("ceo@ours.example",))])
+    assert refusal == replies.AUTHOR_NOT_OWNED
+    assert session.transaction is None
+
+
+def test_message_without_from_is_refused_when_checking() -> None:
+    """A submitted message without a readable From header is refused (RFC 5322 §3.6)."""
+    session = submitting()
+    submitted_message(session)
+    assert session.content_received(summary_with_header(b"Subject: hi\r\n")) == replies.NO_AUTHOR
+
+
+def test_from_check_can_be_turned_off() -> None:
+    """Without check_from_header the message is delivered as it is."""
+    session = submitting(dataclasses.replace(SUBMISSION, check_from_header=False))
+    line(session, "MAIL FROM:<>")
+    add_recipient(session, "rcpt@ours.example")
+    action = line(session, "DATA")
+    assert isinstance(action, ReceiveContent) and not action.keep_header
+    assert isinstance(
+        session.content_received(summary_with_header(b"From: x@y.example\r\n")), Deliver
+    )

@@ -79,6 +79,8 @@ DELETED = _reply("DELETED", OK, None, "Message deleted")
 RESET = _reply("RESET", OK, None, "Deletions undone")
 NOOP = _reply("NOOP", OK, None, "")
 BYE = _reply("BYE", OK, None, "Bye")
+# RFC 2595 §4: the handshake starts right after this line's CRLF.
+TLS_READY = _reply("TLS_READY", OK, None, "Begin TLS negotiation")
 
 # The client broke the protocol.
 UNKNOWN_COMMAND = _reply("UNKNOWN_COMMAND", ERR, None, "Unknown command")
@@ -90,6 +92,11 @@ USER_FIRST = _reply("USER_FIRST", ERR, None, "Send USER first")
 NO_SUCH_MESSAGE = _reply("NO_SUCH_MESSAGE", ERR, None, "No such message")
 ALREADY_DELETED = _reply("ALREADY_DELETED", ERR, None, "Message already deleted")
 TOO_MANY_ERRORS = _reply("TOO_MANY_ERRORS", ERR, None, "Too many errors, closing connection")
+
+# STLS (RFC 2595 §4): the wording of the RFC's own example when TLS is already on; a listener
+# without a certificate says so rather than "unknown command", to help whoever set it up.
+TLS_ACTIVE = _reply("TLS_ACTIVE", ERR, None, "Command not permitted when TLS active")
+TLS_UNAVAILABLE = _reply("TLS_UNAVAILABLE", ERR, None, "TLS is not available here")
 
 # Authentication (RFC 5034, RFC 3206).
 AUTH_FAILED = _reply("AUTH_FAILED", ERR, "AUTH", "Authentication failed")

@@ -2,7 +2,8 @@
 
 The protocol owns the connection's byte stream and nothing else. It splits lines (never
 letting one grow past the session's limit: 255 octets for a command, RFC 2449 §4), runs the
-work the session asks for (throttled credential checks, opening the mailbox, streaming a
+work the session asks for (starting TLS, throttled credential checks through the
+:class:`~mailserver.logins.LoginChecker` shared with SMTP, opening the mailbox, streaming a
 message, applying the deletions) and keeps pipelined commands waiting, with reading paused
 once a little has piled up, until each one is answered, so replies go out in command order
 (RFC 2449 §6.6). Every reply is written whole in one ``write``, multi-line listings too, and
@@ -15,18 +16,21 @@ whatever the message size and however slow the reader.
 
 A dropped connection, an idle timeout or a crash never reaches the UPDATE state: the mailbox
 is released without change (RFC 1939 §6). Only QUIT applies deletions.
+
+TLS comes two ways. On an ``ssl:`` listener the composition root wraps the factory in
+``TLSMemoryBIOFactory``, so the transport is already TLS when the connection is made and the
+session starts encrypted (RFC 8314). On a plain listener whose factory has a certificate,
+STLS switches over (RFC 2595 §4) through :meth:`LineServerProtocol.start_tls`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 
-from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IConsumer,
-    IDelayedCall,
+    IOpenSSLServerConnectionCreator,
     IPushProducer,
     IReactorTime,
     ISSLTransport,
@@ -36,18 +40,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailserver.authlimit import LoginThrottle
 from mailserver.deadline import Deadline
 from mailserver.interfaces import (
     IMailbox,
     IMailboxStore,
-    IUserDatabase,
     MailboxInUse,
     MailboxUnavailable,
     MessageGone,
 )
 from mailserver.limits import Admission, ConnectionLimiter
 from mailserver.lineserver import LineServerProtocol
+from mailserver.logins import LoginChecker
 from mailserver.pop3 import replies
 from mailserver.pop3.replies import Reply
 from mailserver.pop3.session import (
@@ -59,70 +62,45 @@ from mailserver.pop3.session import (
     POP3Session,
     SendMessage,
     SessionPolicy,
+    StartTLS,
 )
 from mailserver.pop3.stuffing import Encoder, encoder_for
+from mailserver.tcp import PLAINTEXT_POLICIES, plaintext_allowed
 
 log = Logger()
 
 CHUNK_SIZE = 64 * 1024  # octets read from a message file at a time
-PLAINTEXT_POLICIES = ("never", "loopback", "always")
 
 
 class StreamStopped(Exception):
     """The connection went away while a message was being sent."""
 
 
-def is_loopback(peer: object) -> bool:
-    """Whether a peer address is this machine: 127.0.0.0/8, ::1 (also IPv4-mapped), a UNIX
-    socket."""
-    if isinstance(peer, UNIXAddress):
-        return True
-    host = getattr(peer, "host", None)
-    if host is None:
-        return False
-    try:
-        address = ipaddress.ip_address(str(host).partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def plaintext_allowed(policy: str, peer: object, encrypted: bool = False) -> bool:
-    """Whether USER/PASS and SASL PLAIN may be used on this connection under the configured
-    ``plaintext_auth`` policy: always inside TLS, else as the policy says for ``peer``."""
-    if encrypted or policy == "always":
-        return True
-    if policy == "loopback":
-        return is_loopback(peer)
-    return False
-
-
 class POP3ServerFactory(Factory):
-    """Everything the POP3 listeners share: policy, storage, limits, throttle, clock."""
+    """Everything the POP3 listeners share: policy, storage, limits, login checks, clock, and
+    the TLS certificate (None: no STLS)."""
 
     def __init__(
         self,
         policy: SessionPolicy,
         idle_timeout: float,
         plaintext_auth: str,
-        users: IUserDatabase,
         store: IMailboxStore,
         limiter: ConnectionLimiter,
-        throttle: LoginThrottle,
+        logins: LoginChecker,
         reactor: IReactorTime,
+        tls: IOpenSSLServerConnectionCreator | None = None,
     ) -> None:
         if plaintext_auth not in PLAINTEXT_POLICIES:
             raise ValueError(f"plaintext_auth must be one of {PLAINTEXT_POLICIES}")
         self.policy = policy
         self.idle_timeout = idle_timeout
         self.plaintext_auth = plaintext_auth
-        self.users = users
         self.store = store
         self.limiter = limiter
-        self.throttle = throttle
+        self.logins = logins
         self.reactor = reactor
+        self.tls = tls
 
     def buildProtocol(self, addr: object) -> POP3ServerProtocol:
         return POP3ServerProtocol(self)
@@ -249,7 +227,7 @@ class POP3ServerProtocol(LineServerProtocol):
         super().__init__(factory.limiter)
         self.factory = factory
         self._idle = Deadline(factory.reactor, self._idle_expired)
-        self._throttle_call: IDelayedCall | None = None
+        self._login_check: Deferred[str | None] | None = None
         self._mailbox: IMailbox | None = None
         self._committing = False
         self._streamer: MessageStreamer | None = None
@@ -267,11 +245,13 @@ class POP3ServerProtocol(LineServerProtocol):
         return replies.SERVER_BUSY
 
     def connection_admitted(self, peer: object) -> None:
+        # Implicit TLS (RFC 8314): the transport is the TLS layer itself.
+        encrypted = ISSLTransport.providedBy(self.transport)
         self.session = POP3Session(
             self.factory.policy,
-            plaintext_allowed(
-                self.factory.plaintext_auth, peer, ISSLTransport.providedBy(self.transport)
-            ),
+            plaintext_allowed(self.factory.plaintext_auth, peer),
+            tls_available=self.factory.tls is not None,
+            encrypted=encrypted,
         )
         self.send(self.session.greeting())
         self._touch()
@@ -281,9 +261,10 @@ class POP3ServerProtocol(LineServerProtocol):
 
     def connection_released(self) -> None:
         self._idle.cancel()
-        if self._throttle_call is not None and self._throttle_call.active():
-            self._throttle_call.cancel()
-        self._throttle_call = None
+        if self._login_check is not None:
+            # Stops a throttle wait (or a check) whose answer nobody would read.
+            check, self._login_check = self._login_check, None
+            check.cancel()
         if self._streamer is not None:
             self._streamer.stopProducing()
             self._streamer = None
@@ -306,6 +287,9 @@ class POP3ServerProtocol(LineServerProtocol):
     def _perform(self, outcome: Outcome) -> None:
         if isinstance(outcome, Reply):
             self.send(outcome)
+        elif isinstance(outcome, StartTLS):
+            assert self.factory.tls is not None  # the session offers STLS only then
+            self.start_tls(outcome.reply, self.factory.tls)
         elif isinstance(outcome, SendMessage):
             self._send_message(outcome)
         elif isinstance(outcome, Close):
@@ -318,39 +302,22 @@ class POP3ServerProtocol(LineServerProtocol):
             self._commit(outcome)
 
     def _authenticate(self, action: Authenticate) -> None:
-        throttle = self.factory.throttle
-        client = self._client
-        wait = throttle.reserve(client)
-        ready: Deferred[None]
-        if wait > 0:
-            ready = Deferred()
-            self._throttle_call = self.factory.reactor.callLater(wait, ready.callback, None)
-        else:
-            ready = succeed(None)
-
-        def check(_: None) -> Deferred[str | None]:
-            self._throttle_call = None
-            return self.factory.users.authenticate(action.login, action.password)
+        # The checker waits out the throttle, then checks, authorizes and logs the outcome.
+        check = self.factory.logins.check("pop3", self._client, action.credentials)
+        self._login_check = check
 
         def checked(address: str | None) -> Outcome:
-            if address is None:
-                throttle.failed(client, action.login)
-                log.info(
-                    "pop3 login failed login={login} client={client} mechanism={mechanism}",
-                    pop3_event="login-failed",
-                    login=action.login,
-                    client=client,
-                    mechanism=action.mechanism,
-                )
-            else:
-                throttle.succeeded(client, action.login)
+            self._login_check = None
             return self._session.authenticated(address)
 
-        def unavailable(failure: Failure) -> Outcome:
+        def unavailable(failure: Failure) -> Outcome | None:
+            self._login_check = None
+            if failure.check(CancelledError) and self._closing:
+                return None  # we cancelled it: the client has gone
             log.failure("checking POP3 credentials failed", failure)
             return self._session.authentication_unavailable()
 
-        self._wait_for(ready.addCallback(check).addCallbacks(checked, unavailable))
+        self.wait_for(check.addCallbacks(checked, unavailable), self._resume)
 
     def _open_mailbox(self, action: OpenMailbox) -> None:
         def opened(mailbox: IMailbox) -> Outcome:

@@ -1,43 +1,50 @@
-"""The POP3 server session (RFC 1939, RFC 2449, RFC 5034) as a state machine with no I/O.
+"""The POP3 server session (RFC 1939, RFC 2449, RFC 5034, RFC 2595) as a state machine with
+no I/O.
 
 The glue (:mod:`mailserver.pop3.server`) feeds it command lines and the results of the work it
 asked for; every method returns what to do next: a :class:`Reply` to send, or an action for
-the glue to carry out (check credentials, open the mailbox, send a message, apply the
-deletions, close).
+the glue to carry out (start TLS, check credentials, open the mailbox, send a message, apply
+the deletions, close).
 
 States (RFC 1939 §3) and the commands allowed in each are the table ``ALLOWED`` below; a known
 command outside its states gets the reply ``OUT_OF_STATE`` names for the current state.
 
-- AUTHORIZATION: USER then PASS, or AUTH (SASL PLAIN); CAPA and QUIT. QUIT here ends the
-  session without touching the mailbox (RFC 1939 §4).
+- AUTHORIZATION: USER then PASS, or AUTH (SASL PLAIN or LOGIN); STLS; CAPA and QUIT. QUIT
+  here ends the session without touching the mailbox (RFC 1939 §4).
 - TRANSACTION: the mailbox is locked and its snapshot numbered 1..n for the whole session;
   STAT LIST RETR DELE NOOP RSET TOP UIDL CAPA QUIT. DELE only marks (§5).
 - UPDATE: entered by QUIT from TRANSACTION: the marked messages are removed, then the
   connection closes (§6). No command is read in UPDATE.
 
 While a SASL exchange is under way, the next line is the client's response, not a command
-(RFC 5034 §4). Plaintext mechanisms (USER/PASS, PLAIN) work only where the connection allows
-them (``plaintext_allowed``); CAPA then leaves them out, so a client never tries them.
+(RFC 5034 §4); the mechanisms themselves are :mod:`mailserver.sasl`, shared with SMTP AUTH.
+Every login mechanism offered sends the password itself (USER/PASS, PLAIN, LOGIN), so they
+work only inside TLS or where the configuration allows plaintext (``plaintext_allowed``);
+CAPA leaves them out elsewhere, so a client never tries them.
+
+TLS: on an implicit-TLS listener (RFC 8314) the session starts encrypted. Otherwise, where
+the listener has a certificate, STLS (RFC 2595 §4) switches the connection to TLS once; the
+glue then throws away whatever the client had pipelined after STLS, and the session forgets
+what it learned in plaintext (a pending USER), so nothing said before the handshake counts.
 """
 
 from __future__ import annotations
 
-import binascii
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mailserver.address import AddressError, normalize
+from mailserver import sasl
 from mailserver.interfaces import MessageInfo
 from mailserver.pop3 import replies
 from mailserver.pop3.replies import Reply
+from mailserver.sasl import Credentials
 
 # RFC 2449 §4: a command line is at most 255 octets, its CRLF included.
 MAX_COMMAND_LINE = 255
 # A SASL response line is not a command (RFC 5034 §4); a PLAIN response with the longest login
 # and password we accept fits with room to spare.
 MAX_SASL_RESPONSE_LINE = 4096
-SASL_MECHANISMS = ("PLAIN",)
 
 
 class State(enum.Enum):
@@ -56,6 +63,7 @@ ALLOWED: dict[str, frozenset[State]] = {
     "USER": _AUTHORIZATION,  # RFC 1939 §7
     "PASS": _AUTHORIZATION,
     "AUTH": _AUTHORIZATION,  # RFC 5034 §4
+    "STLS": _AUTHORIZATION,  # RFC 2595 §4: "Only permitted in AUTHORIZATION state"
     "STAT": _TRANSACTION,  # RFC 1939 §5
     "LIST": _TRANSACTION,
     "RETR": _TRANSACTION,
@@ -83,16 +91,20 @@ class SessionPolicy:
 
 # Actions for the glue.
 @dataclass(frozen=True)
+class StartTLS:
+    """Send ``reply`` in plaintext, throw away any input already received after it, and
+    start the TLS handshake (RFC 2595 §4)."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True)
 class Authenticate:
-    """Check the credentials, then call :meth:`POP3Session.authenticated`."""
+    """Check the credentials (:class:`mailserver.logins.LoginChecker`, which also applies the
+    SASL authorization rule), then call :meth:`POP3Session.authenticated`. The mechanism is
+    "USER" for USER/PASS. Its repr never shows the password."""
 
-    login: str
-    password: str = ""
-    authzid: str = ""  # SASL authorization identity; empty means the login's own
-    mechanism: str = "USER"  # "USER" for USER/PASS, else the SASL mechanism
-
-    def __repr__(self) -> str:  # never log a password by accident
-        return f"Authenticate(login={self.login!r}, mechanism={self.mechanism!r})"
+    credentials: Credentials
 
 
 @dataclass(frozen=True)
@@ -130,21 +142,33 @@ class Close:
     reply: Reply
 
 
-Outcome = Reply | Authenticate | OpenMailbox | SendMessage | Commit | Close
+Outcome = Reply | StartTLS | Authenticate | OpenMailbox | SendMessage | Commit | Close
 
 
 class POP3Session:
     """Protocol state of one POP3 connection; see the module docstring for the table."""
 
-    def __init__(self, policy: SessionPolicy, plaintext_allowed: bool) -> None:
+    def __init__(
+        self,
+        policy: SessionPolicy,
+        plaintext_allowed: bool,
+        tls_available: bool = False,
+        encrypted: bool = False,
+    ) -> None:
+        """``plaintext_allowed``: whether the configuration lets a password be sent on this
+        connection as it is now; once it is encrypted, a password always may be.
+        ``tls_available``: the listener has a certificate for STLS. ``encrypted``: the
+        connection is TLS already (implicit TLS, RFC 8314)."""
         self.policy = policy
-        self.plaintext_allowed = plaintext_allowed
+        self.tls_available = tls_available
+        self.encrypted = encrypted
+        self._plaintext_allowed = plaintext_allowed
         self.state = State.AUTHORIZATION
         self.address: str | None = None  # the mailbox, once logged in
         self._errors = 0
         self._auth_failures = 0
         self._user: str | None = None  # login given by USER, waiting for PASS
-        self._sasl_mechanism: str | None = None  # a SASL exchange waiting for a response
+        self._sasl: sasl.Exchange | None = None  # a SASL exchange waiting for a response
         self._pending: Authenticate | None = None
         self._messages: Sequence[MessageInfo] = ()
         self._deleted: set[int] = set()
@@ -159,15 +183,21 @@ class POP3Session:
         return replies.GREETING.with_text(f"{self.policy.hostname} POP3 server ready")
 
     @property
+    def plaintext_allowed(self) -> bool:
+        """Whether a login that sends the password itself may be used now: always inside TLS
+        (RFC 2595 §2.2 asks for plaintext passwords to be refusable without it)."""
+        return self.encrypted or self._plaintext_allowed
+
+    @property
     def line_limit(self) -> int:
         """Longest line accepted now, CRLF included."""
-        return MAX_SASL_RESPONSE_LINE if self._sasl_mechanism else MAX_COMMAND_LINE
+        return MAX_SASL_RESPONSE_LINE if self._sasl is not None else MAX_COMMAND_LINE
 
     def handle_line(self, line: bytes) -> Outcome:
         """Handle one line from the client, without its line ending."""
         if len(line) + 2 > self.line_limit:
             return self.line_too_long()
-        if self._sasl_mechanism is not None:
+        if self._sasl is not None:
             return self._sasl_response(line)
         if b"\r" in line or b"\n" in line or b"\0" in line:
             return self._error(replies.SYNTAX_ERROR.with_text("Bad characters in command"))
@@ -189,24 +219,18 @@ class POP3Session:
 
     def line_too_long(self) -> Outcome:
         """The client sent a line over :attr:`line_limit` (RFC 2449 §4)."""
-        if self._sasl_mechanism is not None:
-            self._sasl_mechanism = None
+        if self._sasl is not None:
+            self._sasl = None
             return self._error(replies.BAD_SASL_RESPONSE.with_text("Response too long"))
         self._user = None
         return self._error(replies.LINE_TOO_LONG)
 
     def authenticated(self, address: str | None) -> Outcome:
-        """The credentials of the pending :class:`Authenticate` belong to ``address``, or to
-        nobody (None)."""
-        pending = self._pending
-        assert pending is not None
+        """The credentials of the pending :class:`Authenticate` log in to ``address``, or to
+        nothing (None: unknown login, wrong password, or an authorization identity that is
+        not the user's own)."""
+        assert self._pending is not None
         self._pending = None
-        if (
-            address is not None
-            and pending.authzid
-            and not _same_identity(pending.authzid, pending.login, address)
-        ):
-            address = None  # RFC 4616 §2: may act only as itself
         if address is None:
             self._auth_failures += 1
             if self._auth_failures >= self.policy.max_auth_failures:
@@ -301,9 +325,11 @@ class POP3Session:
     def _capabilities(self) -> list[str]:
         # RFC 2449 §5: the same list in both states; only what works on this connection.
         capabilities = ["TOP", "UIDL"]
+        if self._stls_offered:
+            capabilities.append("STLS")  # RFC 2595 §4
         if self.plaintext_allowed:
             capabilities.append("USER")  # RFC 2449 §6.3
-            capabilities.append("SASL " + " ".join(SASL_MECHANISMS))  # RFC 5034 §3
+            capabilities.append("SASL " + " ".join(sasl.MECHANISMS))  # RFC 5034 §3
         capabilities += [
             "RESP-CODES",  # RFC 2449 §6.4
             "AUTH-RESP-CODE",  # RFC 3206 §3
@@ -312,33 +338,37 @@ class POP3Session:
         ]
         return capabilities
 
-    def _start_authentication(self, action: Authenticate) -> Outcome:
+    @property
+    def _stls_offered(self) -> bool:
+        return self.tls_available and not self.encrypted
+
+    def _start_authentication(self, credentials: Credentials) -> Outcome:
+        action = Authenticate(credentials)
         self._pending = action
         return action
 
     # -- SASL (RFC 5034) ---------------------------------------------------------------
 
     def _sasl_response(self, line: bytes) -> Outcome:
-        mechanism = self._sasl_mechanism
-        assert mechanism is not None
-        self._sasl_mechanism = None
+        exchange = self._sasl
+        assert exchange is not None
+        self._sasl = None
         if line == b"*":
             # RFC 5034 §4: "*" cancels, and the server MUST answer -ERR.
             return self._error(replies.AUTH_CANCELLED)
-        return self._sasl_plain(line)
-
-    def _sasl_plain(self, encoded: bytes) -> Outcome:
-        """RFC 4616 §2: ``[authzid] NUL authcid NUL passwd``, base64 (RFC 5034 §4)."""
         try:
-            message = binascii.a2b_base64(encoded, strict_mode=True) if encoded else b""
-            authzid, authcid, password = message.decode("utf-8").split("\0")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
+            step = exchange.respond(sasl.decode_response(line))
+        except sasl.SASLError:
             return self._error(replies.BAD_SASL_RESPONSE)
-        if not authcid:
-            return self._error(replies.BAD_SASL_RESPONSE)
-        return self._start_authentication(
-            Authenticate(authcid, password, authzid=authzid, mechanism="PLAIN")
-        )
+        return self._sasl_step(exchange, step)
+
+    def _sasl_step(self, exchange: sasl.Exchange, step: bytes | Credentials) -> Outcome:
+        """The credentials to check, or the next challenge: "+ " and base64 (RFC 5034 §4),
+        after which the next line is the client's response."""
+        if isinstance(step, Credentials):
+            return self._start_authentication(step)
+        self._sasl = exchange
+        return replies.SASL_CHALLENGE.with_text(sasl.encode_challenge(step))
 
     # -- commands -----------------------------------------------------------------------
 
@@ -373,27 +403,48 @@ class POP3Session:
         if not self.plaintext_allowed:
             return self._error(replies.PLAINTEXT_DISALLOWED)
         # RFC 1939 §7: PASS has one argument, and spaces in it are part of the password.
-        return self._start_authentication(Authenticate(login, argument))
+        return self._start_authentication(Credentials(login, argument, mechanism="USER"))
 
     def _auth(self, argument: str) -> Outcome:
         words = argument.split()
         if not words:
             # Not in RFC 5034, but older clients send a bare AUTH to list the mechanisms.
-            mechanisms = SASL_MECHANISMS if self.plaintext_allowed else ()
+            mechanisms = sasl.MECHANISMS if self.plaintext_allowed else ()
             return replies.MECHANISMS.with_lines(mechanisms)
         if len(words) > 2:
             return self._error(replies.SYNTAX_ERROR.with_text("Syntax: AUTH mechanism [response]"))
         mechanism = words[0].upper()
-        if mechanism not in SASL_MECHANISMS:
+        if mechanism not in sasl.MECHANISMS:
             return self._error(replies.UNKNOWN_MECHANISM)
         if not self.plaintext_allowed:
             return self._error(replies.PLAINTEXT_DISALLOWED)
-        if len(words) == 2:
-            # RFC 5034 §4: an initial response; "=" stands for an empty one.
-            initial = words[1]
-            return self._sasl_plain(b"" if initial == "=" else initial.encode("ascii", "replace"))
-        self._sasl_mechanism = mechanism
-        return replies.SASL_CHALLENGE  # PLAIN's challenge is empty (RFC 4616 §2)
+        exchange = sasl.Exchange(mechanism)
+        try:
+            initial = None
+            if len(words) == 2:
+                # RFC 5034 §4: an initial response; "=" stands for an empty one.
+                encoded = b"" if words[1] == "=" else words[1].encode("ascii", "replace")
+                initial = sasl.decode_response(encoded)
+            step = exchange.start(initial)
+        except sasl.SASLError:
+            return self._error(replies.BAD_SASL_RESPONSE)
+        return self._sasl_step(exchange, step)
+
+    def _stls(self, argument: str) -> Outcome:
+        if argument.strip():
+            return self._error(replies.SYNTAX_ERROR.with_text("STLS takes no argument"))
+        if self.encrypted:
+            # RFC 2595 §4: "A -ERR response MAY result if a security layer is already active."
+            return self._error(replies.TLS_ACTIVE)
+        if not self.tls_available:
+            return self._error(replies.TLS_UNAVAILABLE)
+        # Whatever the client said in plaintext was open to a man in the middle: a pending
+        # USER is forgotten (RFC 2595 §4 has the client start over from CAPA; RFC 3207 §4.2
+        # states the server's half for SMTP), and every line from now on comes through TLS.
+        # No SASL exchange can be pending: during one, "STLS" is read as its response.
+        self._user = None
+        self.encrypted = True
+        return StartTLS(replies.TLS_READY)
 
     def _stat(self, argument: str) -> Outcome:
         count, size = self._totals()
@@ -470,6 +521,7 @@ class POP3Session:
         "USER": _user_command,
         "PASS": _pass,
         "AUTH": _auth,
+        "STLS": _stls,
         "STAT": _stat,
         "LIST": _list,
         "RETR": _retr,
@@ -479,13 +531,3 @@ class POP3Session:
         "TOP": _top,
         "UIDL": _uidl,
     }
-
-
-def _same_identity(authzid: str, login: str, address: str) -> bool:
-    """Whether a SASL authorization identity names the authenticated mailbox itself."""
-    if authzid in (login, address):
-        return True
-    try:
-        return normalize(authzid) == address
-    except AddressError:
-        return False

@@ -8,12 +8,19 @@ or CR never does, so a ``LF . LF`` or ``LF . CRLF`` sequence cannot smuggle a se
 :class:`ContentInspector` sees the decoded content on its way to the sink: it counts the size
 against the limit (and stops writing once it is passed, RFC 1870 §6.3), notes any bare CR or LF
 (§2.3.8: the message is then refused), and counts Received headers for loop detection (§6.3).
+Asked to, it keeps the header section (up to :data:`MAX_KEPT_HEADER` octets), from which
+:func:`authors_of` reads the From addresses that submission checks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.headerregistry import AddressHeader
+from email.parser import HeaderParser
+from email.policy import SMTPUTF8
+
+from mailserver.address import AddressError, Mailbox, parse_path
 
 END_MARKER = b"\r\n.\r\n"
 # Tails that may be the start of END_MARKER, longest first.
@@ -21,6 +28,7 @@ _MARKER_PREFIXES = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
 _RECEIVED = b"\r\nreceived:"
 _HEADER_END = b"\r\n\r\n"
 _HEADER_TAIL = len(_RECEIVED) - 1
+MAX_KEPT_HEADER = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,13 +39,17 @@ class ContentSummary:
     too_big: bool
     bare_line_ending: bool
     received_headers: int
+    header: bytes | None = None  # the header section, when it was asked for
 
 
 class ContentInspector:
     """Passes content to ``sink`` while measuring it; see the module docstring."""
 
-    def __init__(self, sink: Callable[[bytes], None], max_size: int) -> None:
+    def __init__(
+        self, sink: Callable[[bytes], None], max_size: int, keep_header: bool = False
+    ) -> None:
         self._sink = sink
+        self._header = bytearray() if keep_header else None
         self._max_size = max_size
         self.size = 0
         self._too_big = False
@@ -56,6 +68,8 @@ class ContentInspector:
             return
         self.size += len(content)
         if self._in_headers:
+            if self._header is not None and len(self._header) < MAX_KEPT_HEADER:
+                self._header += content[: MAX_KEPT_HEADER - len(self._header)]
             self._scan_headers(content)
         if not self._bare:
             self._check_line_endings(content)
@@ -70,6 +84,7 @@ class ContentInspector:
             too_big=self._too_big,
             bare_line_ending=self._bare or self._pending_cr,
             received_headers=self._received,
+            header=bytes(self._header) if self._header is not None else None,
         )
 
     def _check_line_endings(self, content: bytes) -> None:
@@ -129,3 +144,29 @@ class DotDecoder:
             content = content[2:]
             self._strip_leading_crlf = False
         self._inspector.feed(content)
+
+
+def authors_of(header: bytes | None) -> tuple[Mailbox, ...] | None:
+    """The addresses of the From header fields (RFC 5322 §3.6.2) in a header section, or
+    None when there is none that can be read."""
+    if not header:
+        return None
+    end = header.find(_HEADER_END)
+    if end >= 0:
+        header = header[: end + 2]
+    text = header.decode("utf-8", "replace")  # RFC 6532: header fields may be UTF-8
+    authors = []
+    try:
+        fields = HeaderParser(policy=SMTPUTF8).parsestr(text).get_all("From") or []
+        for value in fields:
+            if not isinstance(value, AddressHeader):
+                return None
+            for address in value.addresses:
+                mailbox = parse_path(f"<{address.addr_spec}>", allow_null=False)
+                if mailbox is not None:
+                    authors.append(mailbox)
+    except AddressError:
+        return None
+    except Exception:  # the email package raises assorted errors on hostile input
+        return None
+    return tuple(authors) or None

@@ -56,10 +56,13 @@ HELP = _reply(
     "HELP",
     214,
     "2.0.0",
-    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\n"
+    "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\n"
     "See RFC 5321 and https://www.rfc-editor.org/info/rfc5321",
 )
 CLOSING = _reply("CLOSING", 221, "2.0.0", "Bye")
+READY_FOR_TLS = _reply("READY_FOR_TLS", 220, "2.0.0", "Ready to start TLS")  # RFC 3207 §4
+AUTH_CHALLENGE = _reply("AUTH_CHALLENGE", 334, None, "")  # RFC 4954 §4: text is base64
+AUTHENTICATED = _reply("AUTHENTICATED", 235, "2.7.0", "Authentication successful")
 
 # The client broke the protocol.
 LINE_TOO_LONG = _reply("LINE_TOO_LONG", 500, "5.5.2", "Line too long")
@@ -94,9 +97,52 @@ BARE_LINE_ENDING_IN_DATA = _reply(
     "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 section 2.3.8)",
 )
 TOO_MANY_ERRORS = _reply("TOO_MANY_ERRORS", 421, "4.7.0", "Too many errors, closing connection")
+TLS_ALREADY_ACTIVE = _reply("TLS_ALREADY_ACTIVE", 503, "5.5.1", "TLS is already active")
+IN_TRANSACTION = _reply(
+    "IN_TRANSACTION", 503, "5.5.1", "Not allowed during a mail transaction: send RSET first"
+)
+# Authentication (RFC 4954 §4 and §6).
+ALREADY_AUTHENTICATED = _reply("ALREADY_AUTHENTICATED", 503, "5.5.1", "Already authenticated")
+AUTH_CANCELLED = _reply("AUTH_CANCELLED", 501, "5.0.0", "Authentication cancelled")
+BAD_AUTH_RESPONSE = _reply("BAD_AUTH_RESPONSE", 501, "5.5.2", "Malformed authentication response")
+AUTH_LINE_TOO_LONG = _reply(
+    "AUTH_LINE_TOO_LONG", 500, "5.5.6", "Authentication exchange line is too long"
+)
+UNKNOWN_MECHANISM = _reply(
+    "UNKNOWN_MECHANISM", 504, "5.5.4", "Unrecognized authentication mechanism"
+)
+ENCRYPTION_REQUIRED = _reply(
+    "ENCRYPTION_REQUIRED",
+    538,
+    "5.7.11",
+    "Encryption required for requested authentication mechanism: send STARTTLS first",
+)
+AUTH_FAILED = _reply("AUTH_FAILED", 535, "5.7.8", "Authentication credentials invalid")
+TOO_MANY_AUTH_FAILURES = _reply(
+    "TOO_MANY_AUTH_FAILURES", 421, "4.7.0", "Too many failed authentications, closing connection"
+)
+AUTH_REQUIRED = _reply("AUTH_REQUIRED", 530, "5.7.0", "Authentication required")
 
 # Policy.
 RELAY_DENIED = _reply("RELAY_DENIED", 554, "5.7.1", "Relay access denied")
+SENDER_NOT_OWNED = _reply(
+    "SENDER_NOT_OWNED", 553, "5.7.1", "Sender address is not one of the authenticated user's"
+)
+AUTHOR_NOT_OWNED = _reply(
+    "AUTHOR_NOT_OWNED",
+    550,
+    "5.7.1",
+    "Message refused: a From header address is not one of the authenticated user's",
+)
+NO_AUTHOR = _reply(
+    "NO_AUTHOR", 550, "5.6.0", "Message refused: it has no From header (RFC 5322 section 3.6)"
+)
+REMOTE_DELIVERY_UNAVAILABLE = _reply(
+    "REMOTE_DELIVERY_UNAVAILABLE",
+    451,
+    "4.3.2",
+    "Delivery to other domains is not available on this server now; try again later",
+)
 NO_SUCH_USER = _reply("NO_SUCH_USER", 550, "5.1.1", "No such user here")
 ALIAS_LOOP = _reply("ALIAS_LOOP", 550, "5.4.6", "Alias loop for this recipient")
 TOO_MANY_RECIPIENTS = _reply("TOO_MANY_RECIPIENTS", 452, "4.5.3", "Too many recipients")
@@ -115,3 +161,6 @@ INSUFFICIENT_STORAGE = _reply(
     "INSUFFICIENT_STORAGE", 452, "4.3.1", "Insufficient system storage, try again later"
 )
 LOCAL_ERROR = _reply("LOCAL_ERROR", 451, "4.3.0", "Local error in processing, try again later")
+AUTH_UNAVAILABLE = _reply(
+    "AUTH_UNAVAILABLE", 454, "4.7.0", "Temporary authentication failure, try again later"
+)

@@ -4,7 +4,9 @@ The protocol owns the connection's byte stream and nothing else. It splits comma
 (never letting one grow past the limit), switches to content mode when the session asks,
 runs the look-ups and deliveries the session asks for, and keeps pipelined input waiting
 (with the transport paused once a little has piled up) until each one is answered, so replies
-always go out in command order (RFC 2920).
+always go out in command order (RFC 2920). It also starts TLS (STARTTLS, throwing away any
+input that came with the command), checks logins through the shared :class:`LoginChecker`, and
+looks up whether addresses belong to the authenticated user, all as the session asks.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
+from twisted.internet.interfaces import (
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,23 +30,30 @@ from mailserver.deadline import Deadline
 from mailserver.interfaces import IMailStore, IUserDatabase, RecipientLookup, StorageFull
 from mailserver.limits import Admission, ConnectionLimiter
 from mailserver.lineserver import LineServerProtocol, WireReply
+from mailserver.logins import LoginChecker
 from mailserver.smtp import replies
 from mailserver.smtp.data import ContentInspector, DotDecoder
 from mailserver.smtp.replies import Reply
 from mailserver.smtp.session import (
     MAX_COMMAND_LINE,
+    Authenticate,
+    CheckOwnership,
     CheckRecipient,
     ClientInfo,
     Close,
     Deliver,
     Outcome,
     ReceiveContent,
+    Security,
     SessionPolicy,
     SMTPSession,
+    StartTLS,
     Transaction,
     refusal,
 )
 from mailserver.spool import Spool
+from mailserver.tcp import plaintext_allowed
+from mailserver.tls import describe_connection
 
 log = Logger()
 
@@ -56,7 +69,12 @@ def new_message_id() -> str:
 
 
 class SMTPServerFactory(Factory):
-    """Everything one SMTP listener set shares: policy, storage, limits, clock."""
+    """Everything one SMTP listener set shares: policy, storage, limits, clock, and for
+    STARTTLS and AUTH the certificate, the plaintext-password policy and the login checker.
+
+    Implicit TLS (RFC 8314) needs nothing here: the composition root wraps this factory in a
+    TLS one, and the session starts out encrypted.
+    """
 
     def __init__(
         self,
@@ -67,7 +85,15 @@ class SMTPServerFactory(Factory):
         spool_directory: Path,
         limiter: ConnectionLimiter,
         reactor: IReactorTime,
+        tls: IOpenSSLServerConnectionCreator | None = None,
+        logins: LoginChecker | None = None,
+        plaintext_auth: str = "never",
     ) -> None:
+        if policy.auth and logins is None:
+            raise ValueError("a policy offering AUTH needs a login checker")
+        self.tls = tls
+        self.logins = logins
+        self.plaintext_auth = plaintext_auth
         self.policy = policy
         self.timeouts = timeouts
         self.users = users
@@ -84,10 +110,12 @@ class _Content:
     """A message being received (across BDAT chunks): its spool and inspector, and how the
     octets now arriving are framed: dot-stuffed DATA (``decoder``) or a counted chunk."""
 
-    def __init__(self, spool: Spool | None, max_size: int) -> None:
+    def __init__(self, spool: Spool | None, max_size: int, keep_header: bool = False) -> None:
         self.spool = spool
         self.write_error: OSError | None = None
-        self.inspector = ContentInspector(self.write if spool else _discard, max_size)
+        self.inspector = ContentInspector(
+            self.write if spool else _discard, max_size, keep_header=keep_header
+        )
         self.decoder: DotDecoder | None = None
         self.chunk_remaining = 0
         self.last = True
@@ -115,14 +143,17 @@ def _discard(data: bytes) -> None:
 
 
 class SMTPServerProtocol(LineServerProtocol):
-    line_limit = MAX_COMMAND_LINE
-
     def __init__(self, factory: SMTPServerFactory) -> None:
         super().__init__(factory.limiter)
         self.factory = factory
         self._content: _Content | None = None
         self._deadline = Deadline(factory.reactor, self._timed_out)
+        self._login_check: Deferred[str | None] | None = None
         self.session: SMTPSession | None = None
+
+    @property
+    def line_limit(self) -> int:  # type: ignore[override]
+        return self._session.line_limit if self.session is not None else MAX_COMMAND_LINE
 
     # -- connection life ----------------------------------------------------------------
 
@@ -132,17 +163,30 @@ class SMTPServerProtocol(LineServerProtocol):
         return replies.SERVER_BUSY
 
     def connection_admitted(self, peer: object) -> None:
+        factory = self.factory
+        encrypted = ISSLTransport.providedBy(self.transport)
         self.session = SMTPSession(
-            self.factory.policy,
+            factory.policy,
             ClientInfo(self._client, int(getattr(peer, "port", 0))),
-            now=self.factory.reactor.seconds,
+            now=factory.reactor.seconds,
             new_id=new_message_id,
+            security=Security(
+                encrypted=encrypted,
+                starttls=factory.tls is not None,
+                plaintext_auth=plaintext_allowed(factory.plaintext_auth, peer),
+            ),
         )
         self.send(self.session.greeting())
-        self._arm_timer(self.factory.timeouts.command)
+        self._arm_timer(factory.timeouts.command)
+
+    def tls_established(self) -> None:
+        if self.session is not None:
+            self.session.tls_started(describe_connection(self.transport))
 
     def connection_released(self) -> None:
         self._cancel_timer()
+        if self._login_check is not None:
+            self._login_check.cancel()
         if self._content is not None and not self._waiting:
             self._content.release()
         self._content = None
@@ -186,12 +230,16 @@ class SMTPServerProtocol(LineServerProtocol):
     def line_received(self, line: bytes) -> None:
         self._arm_timer(self.factory.timeouts.command)
         self._perform(self._session.handle_line(line))
+        self._drop_abandoned_content()
+
+    def _drop_abandoned_content(self) -> None:
+        """Release the content of a transaction that ended without delivery: RSET or EHLO
+        between BDAT chunks, or a refusal after the last one."""
         if (
             self._content is not None
             and not self._content.receiving
             and self._session.transaction is None
         ):
-            # RSET or EHLO between BDAT chunks ended the transaction.
             self._content.release()
             self._content = None
 
@@ -290,6 +338,67 @@ class SMTPServerProtocol(LineServerProtocol):
             self._receive_content(outcome)
         elif isinstance(outcome, Deliver):
             self._deliver(outcome)
+        elif isinstance(outcome, StartTLS):
+            assert self.factory.tls is not None
+            self.start_tls(outcome.reply, self.factory.tls)
+        elif isinstance(outcome, Authenticate):
+            self._authenticate(outcome)
+        elif isinstance(outcome, CheckOwnership):
+            self._check_ownership(outcome)
+
+    def _authenticate(self, action: Authenticate) -> None:
+        logins = self.factory.logins
+        assert logins is not None
+        check = logins.check("smtp", self._client, action.credentials)
+        self._login_check = check
+
+        def checked(address: str | None) -> Outcome:
+            self._login_check = None
+            return self._session.authenticated(address)
+
+        def failed(failure: Failure) -> Outcome | None:
+            self._login_check = None
+            if failure.check(CancelledError):
+                return None  # the client went away while its login was delayed
+            log.failure("checking SMTP credentials failed", failure)
+            return self._session.authentication_unavailable()
+
+        self._wait_for(check.addCallbacks(checked, failed))
+
+    def _check_ownership(self, action: CheckOwnership) -> None:
+        users = self.factory.users
+        transaction = self._session.transaction
+        lookups: Deferred[list[RecipientLookup]] = gatherResults(
+            [users.resolve_recipient(address) for address in action.addresses],
+            consumeErrors=True,
+        )
+
+        def checked(results: list[RecipientLookup]) -> Outcome:
+            outcome = self._session.ownership_checked(results)
+            refused = refusal(outcome)
+            if refused is not None:
+                events.message_rejected(
+                    id=transaction.id if transaction else None,
+                    client=self._client,
+                    sender=str(transaction.sender or "") if transaction else None,
+                    recipient=None,
+                    code=refused.code,
+                    enhanced=refused.enhanced,
+                    reason=f"{refused.text}: {', '.join(map(str, action.addresses))}",
+                )
+            self._drop_abandoned_content()
+            return outcome
+
+        def failed(failure: Failure) -> Outcome:
+            if isinstance(failure.value, FirstError):
+                failure = failure.value.subFailure  # the look-up's own error, for the log
+            log.failure("looking up the user's addresses failed", failure)
+            outcome = self._session.ownership_unavailable()
+            self._drop_abandoned_content()
+            return outcome
+
+        work: Deferred[Outcome] = lookups.addCallbacks(checked, failed)
+        self._wait_for(work)
 
     def _check_recipient(self, action: CheckRecipient) -> None:
         def checked(lookup: RecipientLookup) -> Outcome:
@@ -326,7 +435,9 @@ class SMTPServerProtocol(LineServerProtocol):
             content = _Content(None, 0)
             content.discard_reply = action.discard
         elif content is None:
-            content = _Content(Spool(self.factory.spool_directory), action.max_size)
+            content = _Content(
+                Spool(self.factory.spool_directory), action.max_size, action.keep_header
+            )
             content.write(action.trace_headers)
         if action.chunk_size is None:
             content.decoder = DotDecoder(content.inspector)
@@ -370,16 +481,19 @@ class SMTPServerProtocol(LineServerProtocol):
             )
         )
 
-    def _wait_for(self, work: Deferred[Outcome] | Deferred[Reply]) -> None:
+    def _wait_for(
+        self, work: Deferred[Outcome] | Deferred[Reply] | Deferred[Outcome | None]
+    ) -> None:
         """Hold the input loop until ``work`` gives the next outcome, then carry it out."""
         self._cancel_timer()
         self.wait_for(work, self._resume)
 
-    def _resume(self, outcome: Outcome) -> None:
+    def _resume(self, outcome: Outcome | None) -> None:
         self._arm_timer(
             self.factory.timeouts.data if self._content else self.factory.timeouts.command
         )
-        self._perform(outcome)
+        if outcome is not None:
+            self._perform(outcome)
 
     # -- output, timers, flow control ------------------------------------------------------
 

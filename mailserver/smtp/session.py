@@ -6,26 +6,44 @@ the glue to carry out (look a recipient up, receive message content, deliver, cl
 
 States and the commands allowed in each are the table ``ALLOWED`` below; a command outside
 its states gets the 503 reply that ``OUT_OF_SEQUENCE`` names for the current state (RFC 5321
-§4.1.4), except BDAT, whose octets must still be read before it is refused (RFC 3030 §3).
+§4.1.4), except BDAT, whose octets must still be read before it is refused (RFC 3030 §3), and
+STARTTLS and AUTH, which are refused during a transaction (RFC 3207 §4, RFC 4954 §4).
 RSET, NOOP, QUIT, VRFY and HELP are allowed in every state. EHLO/HELO and RSET end any
 transaction. While content is being received the glue feeds no command lines at all.
+
+Security and policy (RFC 3207, RFC 4954, RFC 6409):
+
+- STARTTLS, offered when the listener has a certificate and the connection is not yet
+  encrypted, sends the session back to GREETED with everything learnt from the client
+  forgotten (RFC 3207 §4.2); the glue throws away any input that came with it.
+- AUTH (SASL PLAIN and LOGIN) is offered only where the listener takes submissions, and only
+  inside TLS unless plaintext logins are allowed on this connection (then 538). While a SASL
+  exchange is under way, the next line is the client's response, not a command.
+- A submission listener requires AUTH before MAIL (530). An authenticated user may send only
+  from addresses that deliver to their own mailbox (their address, aliases, subaddresses),
+  checked for the envelope sender at MAIL and, if the policy says so, for the From header at
+  the end of the data; and may send to any domain. Without authentication, mail is accepted
+  only for our own domains: never a relay.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
+from mailserver import sasl
 from mailserver.address import AddressError, Mailbox, parse_address_literal, parse_path
 from mailserver.interfaces import Lookup, RecipientLookup
+from mailserver.sasl import Credentials
 from mailserver.smtp import replies
-from mailserver.smtp.data import ContentSummary
+from mailserver.smtp.data import ContentSummary, authors_of
 from mailserver.smtp.replies import Reply
 
 MAX_COMMAND_LINE = 512  # octets including CRLF, RFC 5321 §4.5.3.1.4
+MAX_AUTH_LINE = 12288  # octets including CRLF, RFC 4954 §4
 
 # HELO/EHLO argument: a domain (underscores tolerated, as real clients send them) or literal.
 _HELO_DOMAIN = re.compile(
@@ -52,6 +70,8 @@ ALLOWED: dict[str, frozenset[State]] = {
     "RCPT": frozenset({State.MAIL, State.RCPT}),
     "DATA": frozenset({State.MAIL, State.RCPT}),  # in MAIL: 554, RFC 2920 §3.1
     "BDAT": frozenset({State.MAIL, State.RCPT, State.BDAT}),
+    "STARTTLS": frozenset({State.READY}),
+    "AUTH": frozenset({State.READY}),
 }
 OUT_OF_SEQUENCE: dict[State, Reply] = {
     State.GREETED: replies.NEED_HELO,
@@ -60,6 +80,7 @@ OUT_OF_SEQUENCE: dict[State, Reply] = {
     State.RCPT: replies.NESTED_MAIL,
     State.BDAT: replies.BDAT_IN_PROGRESS,
 }
+_REFUSED_IN_TRANSACTION = frozenset({"STARTTLS", "AUTH"})
 
 
 @dataclass(frozen=True)
@@ -72,12 +93,25 @@ class SessionPolicy:
     max_received_headers: int
     max_errors: int
     postmaster: str  # where "<Postmaster>" without a domain goes (§4.1.1.3)
+    auth: bool = False  # AUTH offered: the listener takes submissions from our users
+    auth_required: bool = False  # RFC 6409 §4: a submission listener, MAIL only after AUTH
+    check_from_header: bool = True  # authenticated users' From addresses must be theirs
+    max_auth_failures: int = 3  # failed AUTH on one connection before it is closed
 
 
 @dataclass(frozen=True)
 class ClientInfo:
     address: str  # IP address as text
     port: int
+
+
+@dataclass(frozen=True)
+class Security:
+    """What the connection offers for encryption and logins."""
+
+    encrypted: bool = False  # TLS from the first octet (implicit TLS, RFC 8314)
+    starttls: bool = False  # the listener has a certificate for STARTTLS
+    plaintext_auth: bool = False  # passwords may be sent without TLS on this connection
 
 
 @dataclass
@@ -121,6 +155,29 @@ class ReceiveContent:
     chunk_size: int | None = None
     last: bool = True
     discard: Reply | None = None
+    keep_header: bool = False  # the session will need the header section (From check)
+
+
+@dataclass(frozen=True)
+class StartTLS:
+    """Send ``reply``, throw away any input already received, and start TLS."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    """Check the credentials, then call :meth:`SMTPSession.authenticated`."""
+
+    credentials: Credentials
+
+
+@dataclass(frozen=True)
+class CheckOwnership:
+    """Look each address up as a recipient, then call :meth:`SMTPSession.ownership_checked`
+    with the results in the same order."""
+
+    addresses: tuple[Mailbox, ...]
 
 
 @dataclass(frozen=True)
@@ -138,7 +195,16 @@ class Close:
     reply: Reply
 
 
-Outcome = Reply | CheckRecipient | ReceiveContent | Deliver | Close
+Outcome = (
+    Reply
+    | CheckRecipient
+    | ReceiveContent
+    | Deliver
+    | Close
+    | StartTLS
+    | Authenticate
+    | CheckOwnership
+)
 
 
 def refusal(outcome: Outcome) -> Reply | None:
@@ -159,6 +225,7 @@ class SMTPSession:
         client: ClientInfo,
         now: Callable[[], float],
         new_id: Callable[[], str],
+        security: Security = Security(),
     ) -> None:
         self.policy = policy
         self.client = client
@@ -168,8 +235,17 @@ class SMTPSession:
         self.helo: str | None = None
         self.esmtp = False
         self.transaction: Transaction | None = None
+        self.encrypted = security.encrypted
+        self.tls_description: str | None = None  # for the Received header, set by the glue
+        self.user: str | None = None  # the mailbox address authenticated as
+        self._starttls = security.starttls
+        self._plaintext_auth = security.plaintext_auth
         self._errors = 0
+        self._auth_failures = 0
+        self._exchange: sasl.Exchange | None = None  # SASL exchange waiting for a response
         self._pending_recipient: Mailbox | None = None
+        self._pending_sender: Transaction | None = None  # MAIL waiting for CheckOwnership
+        self._checking_authors = False
         self._content_started = False
 
     # -- entry points -------------------------------------------------------------------
@@ -177,10 +253,17 @@ class SMTPSession:
     def greeting(self) -> Reply:
         return replies.GREETING.with_text(f"{self.policy.hostname} ESMTP ready")
 
+    @property
+    def line_limit(self) -> int:
+        """Longest line accepted now, CRLF included."""
+        return MAX_AUTH_LINE if self._exchange is not None else MAX_COMMAND_LINE
+
     def handle_line(self, line: bytes) -> Outcome:
-        """Handle one command line, without its line ending."""
-        if len(line) + 2 > MAX_COMMAND_LINE:
-            return self._error(replies.LINE_TOO_LONG)
+        """Handle one command line (or SASL response), without its line ending."""
+        if len(line) + 2 > self.line_limit:
+            return self.line_too_long()
+        if self._exchange is not None:
+            return self._sasl_response(line)
         if b"\r" in line or b"\n" in line:
             return self._error(replies.BARE_LINE_ENDING_IN_COMMAND)
         try:
@@ -196,12 +279,67 @@ class SMTPSession:
             refusal = OUT_OF_SEQUENCE[self.state]
             if verb == "BDAT":
                 return self._refuse_chunk(argument, refusal)
+            if verb in _REFUSED_IN_TRANSACTION and self.state is not State.GREETED:
+                refusal = replies.IN_TRANSACTION
             return self._error(refusal)
         return handler(self, argument)
 
     def line_too_long(self) -> Outcome:
-        """The glue saw a command line longer than the limit (§4.5.3.1.4)."""
+        """The glue saw a line longer than :attr:`line_limit` (§4.5.3.1.4, RFC 4954 §4)."""
+        if self._exchange is not None:
+            self._exchange = None
+            return self._error(replies.AUTH_LINE_TOO_LONG)
         return self._error(replies.LINE_TOO_LONG)
+
+    def tls_started(self, description: str | None) -> None:
+        """The TLS handshake is done; ``description`` names the version and cipher."""
+        self.encrypted = True
+        self.tls_description = description
+
+    def authenticated(self, address: str | None) -> Outcome:
+        """The credentials of the pending :class:`Authenticate` log in to ``address``, or to
+        nobody (None): the same reply for an unknown user as for a wrong password."""
+        if address is not None:
+            self.user = address
+            return replies.AUTHENTICATED
+        self._auth_failures += 1
+        if self._auth_failures >= self.policy.max_auth_failures:
+            self.state = State.CLOSED
+            return Close(replies.TOO_MANY_AUTH_FAILURES)
+        return replies.AUTH_FAILED
+
+    def authentication_unavailable(self) -> Reply:
+        """Checking the credentials failed on our side (RFC 4954 §6: 454)."""
+        return replies.AUTH_UNAVAILABLE
+
+    def ownership_checked(self, lookups: Sequence[RecipientLookup]) -> Outcome:
+        """The results of :class:`CheckOwnership`: an address is the user's when mail to it
+        reaches the user's own mailbox."""
+        owned = all(
+            lookup.outcome is Lookup.DELIVER and self.user in lookup.mailboxes for lookup in lookups
+        )
+        if self._checking_authors:
+            self._checking_authors = False
+            transaction = self.transaction
+            assert transaction is not None
+            if owned:
+                return Deliver(transaction)
+            self._end_transaction()
+            return self._error(replies.AUTHOR_NOT_OWNED)
+        transaction = self._pending_sender
+        assert transaction is not None
+        self._pending_sender = None
+        if not owned:
+            return self._error(replies.SENDER_NOT_OWNED)
+        return self._begin(transaction)
+
+    def ownership_unavailable(self) -> Reply:
+        """Looking the addresses of :class:`CheckOwnership` up failed on our side."""
+        if self._checking_authors:
+            self._checking_authors = False
+            self._end_transaction()
+        self._pending_sender = None
+        return replies.LOCAL_ERROR
 
     def recipient_checked(self, lookup: RecipientLookup) -> Outcome:
         recipient = self._pending_recipient
@@ -213,6 +351,10 @@ class SMTPSession:
             transaction.add_mailboxes(lookup.mailboxes)
             self.state = State.RCPT
             return replies.RECIPIENT_OK
+        if lookup.outcome is Lookup.NOT_OUR_DOMAIN and self.user is not None:
+            # RFC 6409 §3.3: an authenticated user may send anywhere; the outbound queue that
+            # would carry it is not part of this server yet, so "later", never a silent drop.
+            return replies.REMOTE_DELIVERY_UNAVAILABLE
         refusal = {
             Lookup.NOT_OUR_DOMAIN: replies.RELAY_DENIED,
             Lookup.NO_SUCH_USER: replies.NO_SUCH_USER,
@@ -236,6 +378,13 @@ class SMTPSession:
         if not last:
             self.state = State.BDAT
             return replies.CHUNK_OK.with_text(f"{summary.size} octets received")
+        if self.user is not None and self.policy.check_from_header:
+            authors = authors_of(summary.header)
+            if authors is None:
+                self._end_transaction()
+                return self._error(replies.NO_AUTHOR)
+            self._checking_authors = True
+            return CheckOwnership(authors)
         return Deliver(transaction)
 
     def chunk_discarded(self, refusal: Reply) -> Outcome:
@@ -294,19 +443,38 @@ class SMTPSession:
         of them and must not tell one recipient who else received it.
         """
         sender = f"<{transaction.sender}>" if transaction.sender else "<>"
-        protocol = "UTF8SMTP" if transaction.smtputf8 else "ESMTP" if self.esmtp else "SMTP"
         lines = [f"Return-Path: {sender}"]
         if len(transaction.mailboxes) == 1:
             lines.append(f"Delivered-To: {transaction.mailboxes[0]}")
-        received = (
-            f"Received: from {self.helo} ([{self.client.address}])\r\n"
-            f"\tby {self.policy.hostname} with {protocol} id {transaction.id}"
-        )
+        received = f"Received: from {self.helo} ([{self.client.address}])\r\n"
+        if self.tls_description is not None:
+            received += f"\t(using {self.tls_description})\r\n"
+        protocol = self._protocol_name(transaction)
+        received += f"\tby {self.policy.hostname} with {protocol} id {transaction.id}"
         if len(transaction.recipients) == 1:
             received += f"\r\n\tfor <{transaction.recipients[0]}>"
         received += f";\r\n\t{formatdate(self._now(), localtime=True)}"
         lines.append(received)
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def _protocol_name(self, transaction: Transaction) -> str:
+        """The Received header's "with" keyword: RFC 3848 (ESMTPS, ESMTPA, ESMTPSA) and
+        RFC 6531 §3.7.3 (UTF8SMTP and its S/A/SA forms)."""
+        if transaction.smtputf8:
+            base = "UTF8SMTP"
+        elif self.esmtp:
+            base = "ESMTP"
+        else:
+            return "SMTP"
+        return base + ("S" if self.encrypted else "") + ("A" if self.user else "")
+
+    def _auth_offered(self) -> bool:
+        return self.policy.auth and (self.encrypted or self._plaintext_auth)
+
+    def _begin(self, transaction: Transaction) -> Outcome:
+        self.transaction = transaction
+        self.state = State.MAIL
+        return replies.SENDER_OK
 
     def _start_content(self, reply: Reply | None, chunk_size: int | None, last: bool) -> Outcome:
         transaction = self.transaction
@@ -319,6 +487,7 @@ class SMTPSession:
             max_size=self.policy.max_message_size,
             chunk_size=chunk_size,
             last=last,
+            keep_header=self.user is not None and self.policy.check_from_header,
         )
 
     # -- commands -----------------------------------------------------------------------
@@ -348,7 +517,76 @@ class SMTPSession:
             "SMTPUTF8",  # RFC 6531
             "CHUNKING",  # RFC 3030
         ]
+        if self._starttls and not self.encrypted:
+            extensions.append("STARTTLS")  # RFC 3207
+        if self._auth_offered() and self.user is None:
+            extensions.append("AUTH " + " ".join(sasl.MECHANISMS))  # RFC 4954
         return replies.EHLO_OK.with_text("\n".join(extensions))
+
+    def _starttls_command(self, argument: str) -> Outcome:
+        if not self._starttls:
+            return self._error(replies.NOT_IMPLEMENTED)
+        if self.encrypted:
+            return self._error(replies.TLS_ALREADY_ACTIVE)
+        if argument.strip():
+            return self._error(replies.SYNTAX_ERROR.with_text("STARTTLS takes no argument"))
+        # RFC 3207 §4.2: forget everything the client said before TLS; it must EHLO again.
+        self._end_transaction()
+        self.helo = None
+        self.esmtp = False
+        self.user = None
+        self.state = State.GREETED
+        self.encrypted = True
+        return StartTLS(replies.READY_FOR_TLS)
+
+    def _auth(self, argument: str) -> Outcome:
+        if not self.policy.auth:
+            return self._error(replies.NOT_IMPLEMENTED)
+        if self.user is not None:
+            return self._error(replies.ALREADY_AUTHENTICATED)  # RFC 4954 §4
+        words = argument.split()
+        if not 1 <= len(words) <= 2:
+            return self._error(
+                replies.SYNTAX_ERROR.with_text("Syntax: AUTH mechanism [initial-response]")
+            )
+        mechanism = words[0].upper()
+        if mechanism not in sasl.MECHANISMS:
+            return self._error(replies.UNKNOWN_MECHANISM)
+        if not self._auth_offered():
+            return self._error(replies.ENCRYPTION_REQUIRED)  # RFC 4954 §6: 538
+        exchange = sasl.Exchange(mechanism)
+        initial = None
+        if len(words) == 2:
+            # RFC 4954 §4: an initial response; "=" stands for an empty one.
+            try:
+                initial = b"" if words[1] == "=" else sasl.decode_response(words[1].encode())
+            except sasl.SASLError:
+                return self._error(replies.BAD_AUTH_RESPONSE)
+        return self._sasl_step(exchange, lambda: exchange.start(initial))
+
+    def _sasl_response(self, line: bytes) -> Outcome:
+        exchange = self._exchange
+        assert exchange is not None
+        self._exchange = None
+        if line == b"*":
+            return self._error(replies.AUTH_CANCELLED)  # RFC 4954 §4: 501
+        try:
+            response = sasl.decode_response(line)
+        except sasl.SASLError:
+            return self._error(replies.BAD_AUTH_RESPONSE)
+        return self._sasl_step(exchange, lambda: exchange.respond(response))
+
+    def _sasl_step(
+        self, exchange: sasl.Exchange, step: Callable[[], bytes | Credentials]
+    ) -> Outcome:
+        try:
+            result = step()
+        except sasl.SASLError as error:
+            return self._error(replies.BAD_AUTH_RESPONSE.with_text(f"Malformed response: {error}"))
+        if isinstance(result, Credentials):
+            return Authenticate(result)
+        self._exchange = exchange
+        return replies.AUTH_CHALLENGE.with_text(sasl.encode_challenge(result))
 
     def _mail(self, argument: str) -> Outcome:
         parsed = _split_path_argument(argument, "FROM:")
@@ -358,6 +596,8 @@ class SMTPSession:
         params = _parse_parameters(parameters)
         if params is None:
             return self._error(replies.SYNTAX_ERROR)
+        if self.policy.auth_required and self.user is None:
+            return self._error(replies.AUTH_REQUIRED)  # RFC 6409 §4.3, RFC 4954 §6
         smtputf8 = False
         body_8bit = False
         for keyword, value in params.items():
@@ -372,6 +612,8 @@ class SMTPSession:
                 body_8bit = value.upper() == "8BITMIME"
             elif keyword == "SMTPUTF8" and self.esmtp and value is None:
                 smtputf8 = True
+            elif keyword == "AUTH" and self._auth_offered() and value is not None:
+                pass  # RFC 4954 §5: accepted; we do not relay the identity it claims
             else:
                 return self._error(replies.UNKNOWN_PARAMETER)
         try:
@@ -380,11 +622,13 @@ class SMTPSession:
             return self._error(replies.BAD_SENDER_SYNTAX.with_text(f"Bad sender address: {error}"))
         if sender is not None and not sender.is_ascii and not smtputf8:
             return self._error(replies.NEEDS_SMTPUTF8)  # RFC 6531 §3.5
-        self.transaction = Transaction(
+        transaction = Transaction(
             id=self._new_id(), sender=sender, smtputf8=smtputf8, body_8bit=body_8bit
         )
-        self.state = State.MAIL
-        return replies.SENDER_OK
+        if self.user is not None and sender is not None:
+            self._pending_sender = transaction
+            return CheckOwnership((sender,))
+        return self._begin(transaction)
 
     def _rcpt(self, argument: str) -> Outcome:
         transaction = self.transaction
@@ -486,8 +730,8 @@ class SMTPSession:
         "EXPN": _not_implemented,
         "TURN": _not_implemented,
         "ETRN": _not_implemented,
-        "STARTTLS": _not_implemented,
-        "AUTH": _not_implemented,
+        "STARTTLS": _starttls_command,
+        "AUTH": _auth,
     }
 
 

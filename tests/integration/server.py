@@ -45,6 +45,7 @@ class RunningServer:
     settings: dict[str, dict[str, object]] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     pop3_port: int = field(default_factory=free_port)
+    submission_port: int = field(default_factory=free_port)
 
     @property
     def config(self) -> Path:
@@ -62,6 +63,7 @@ class RunningServer:
         sections: dict[str, dict[str, object]] = {
             "server": {"hostname": "mx.example.org", "data_dir": str(self.data_dir)},
             "smtp": {"listen": [f"tcp:{self.smtp_port}:interface=127.0.0.1"]},
+            "submission": {"listen": [f"tcp:{self.submission_port}:interface=127.0.0.1"]},
             "pop3": {"listen": [f"tcp:{self.pop3_port}:interface=127.0.0.1"]},
         }
         for name, values in self.settings.items():
@@ -107,8 +109,9 @@ class RunningServer:
             stderr=subprocess.PIPE,
         )
         wait_for_port(self.smtp_port, self.process)
-        if "listen" not in self.settings.get("pop3", {}):
-            wait_for_port(self.pop3_port, self.process)
+        for section, port in (("pop3", self.pop3_port), ("submission", self.submission_port)):
+            if "listen" not in self.settings.get(section, {}):
+                wait_for_port(port, self.process)
 
     def stop(self) -> None:
         if self.process is None:
