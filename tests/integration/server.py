@@ -46,6 +46,10 @@ class RunningServer:
     process: subprocess.Popen[bytes] | None = None
     pop3_port: int = field(default_factory=free_port)
     submission_port: int = field(default_factory=free_port)
+    # Implicit TLS listeners (RFC 8314), added beside the plain ones when set: they need a
+    # certificate, see use_tls().
+    submissions_port: int | None = None
+    pop3s_port: int | None = None
 
     @property
     def config(self) -> Path:
@@ -59,12 +63,16 @@ class RunningServer:
     def log(self) -> Path:
         return self.directory / "twistd.log"
 
+    def use_tls(self, certificate: Path, private_key: Path) -> None:
+        """Point the [tls] section at these files (call write_config() afterwards)."""
+        self.settings["tls"] = {"certificate": str(certificate), "private_key": str(private_key)}
+
     def write_config(self) -> None:
         sections: dict[str, dict[str, object]] = {
             "server": {"hostname": "mx.example.org", "data_dir": str(self.data_dir)},
             "smtp": {"listen": [f"tcp:{self.smtp_port}:interface=127.0.0.1"]},
-            "submission": {"listen": [f"tcp:{self.submission_port}:interface=127.0.0.1"]},
-            "pop3": {"listen": [f"tcp:{self.pop3_port}:interface=127.0.0.1"]},
+            "submission": {"listen": _listeners(self.submission_port, self.submissions_port)},
+            "pop3": {"listen": _listeners(self.pop3_port, self.pop3s_port)},
         }
         for name, values in self.settings.items():
             sections.setdefault(name, {}).update(values)
@@ -109,9 +117,14 @@ class RunningServer:
             stderr=subprocess.PIPE,
         )
         wait_for_port(self.smtp_port, self.process)
-        for section, port in (("pop3", self.pop3_port), ("submission", self.submission_port)):
+        for section, ports in (
+            ("pop3", (self.pop3_port, self.pop3s_port)),
+            ("submission", (self.submission_port, self.submissions_port)),
+        ):
             if "listen" not in self.settings.get(section, {}):
-                wait_for_port(port, self.process)
+                for port in ports:
+                    if port is not None:
+                        wait_for_port(port, self.process)
 
     def stop(self) -> None:
         if self.process is None:
@@ -139,6 +152,13 @@ class RunningServer:
     def new_messages(self, address: str) -> list[Path]:
         new = self.maildir(address) / "new"
         return sorted(new.iterdir()) if new.is_dir() else []
+
+
+def _listeners(port: int, tls_port: int | None) -> list[str]:
+    listen = [f"tcp:{port}:interface=127.0.0.1"]
+    if tls_port is not None:
+        listen.append(f"ssl:{tls_port}:interface=127.0.0.1")
+    return listen
 
 
 def _toml(value: object) -> str:
