@@ -17,7 +17,7 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mailserver import cli_accounts, cli_config, cli_tls
+    from mailserver import cli_accounts, cli_config, cli_queue, cli_tls
 
     parser = argparse.ArgumentParser(prog="mailserver", description="Administer the mail server.")
     parser.add_argument(
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_config.register(subparsers)
     cli_accounts.register(subparsers)
     cli_tls.register(subparsers)
+    cli_queue.register(subparsers)
     return parser
 
 

@@ -34,6 +34,8 @@ __all__ = [
     "AccountsConfig",
     "Config",
     "ConfigError",
+    "HostPort",
+    "OutboundConfig",
     "POP3Config",
     "SMTPConfig",
     "ServerConfig",
@@ -243,6 +245,86 @@ def _optional_address(value: object) -> str:
         raise _expected(f"{what} ({error})", value) from error
 
 
+@dataclass(frozen=True)
+class HostPort:
+    host: str  # a host name (lowercase) or an IP address literal
+    port: int
+
+
+def _host_port(value: object) -> HostPort:
+    """``"host"``, ``"host:port"``, ``"192.0.2.1:25"`` or ``"[2001:db8::1]:25"`` (port 25 by
+    default)."""
+    what = 'a host and port like "mail.example.net:587" or "[2001:db8::1]:25"'
+    if not isinstance(value, str) or not value:
+        raise _expected(what, value)
+    host, port = value, 25
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise _expected(what, value)
+        port_text = rest[1:]
+    else:
+        host, _, port_text = value.partition(":")
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+            raise _expected(what, value)
+        port = int(port_text)
+    try:
+        return HostPort(str(ipaddress.ip_address(host)), port)
+    except ValueError:
+        pass
+    try:
+        return HostPort(_hostname(host), port)
+    except _Invalid:
+        raise _expected(what, value) from None
+
+
+def _optional_host_port(value: object) -> HostPort | None:
+    return None if value == "" else _host_port(value)
+
+
+def _routes(value: object) -> dict[str, HostPort]:
+    """A table of domain = "host:port"."""
+    if not isinstance(value, dict):
+        raise _expected('a table like { "example.net" = "mx.example.net:25" }', value)
+    routes = {}
+    reasons = []
+    for domain, target in value.items():
+        try:
+            routes[_hostname(domain)] = _host_port(target)
+        except _Invalid as invalid:
+            reasons += [f"{_quote(domain)}: {reason}" for reason in invalid.reasons]
+    if reasons:
+        raise _Invalid(*reasons)
+    return routes
+
+
+def _resolvers(value: object) -> tuple[HostPort, ...]:
+    """DNS servers: IP addresses, with a port as in "127.0.0.1:5353" or "[::1]:5353" (53 by
+    default); an empty list means the system's."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise _expected('a DNS server like "127.0.0.1:53", or a list of them', value)
+    servers = []
+    for item in items:
+        if isinstance(item, str) and _is_ip(item):
+            servers.append(HostPort(str(ipaddress.ip_address(item)), 53))
+            continue
+        server = _host_port(item)
+        if not _is_ip(server.host):
+            raise _expected("a DNS server's IP address, with its port if not 53", item)
+        servers.append(server)
+    return tuple(servers)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _recipient_delimiter(value: object) -> str:
     if not isinstance(value, str) or not (value == "" or (len(value) == 1 and value in "+-_=.")):
         raise _expected('"" (no subaddressing) or one character of "+-_=."', value)
@@ -416,6 +498,33 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class OutboundConfig:
+    """Delivery of mail to other servers, through the outbound queue."""
+
+    # DNS servers for MX look-ups ("address:port"); empty means those of /etc/resolv.conf.
+    resolver: tuple[HostPort, ...] = _setting((), _resolvers)
+    mx_port: int = _setting(25, _int_between(1, 65535))
+    tls: str = _setting("opportunistic", _one_of("opportunistic", "required", "off"))
+    trust_file: Path | None = _setting(None, _optional_path)  # noqa: RUF009 (None)
+    routes: dict[str, HostPort] = field(default_factory=dict, metadata={"check": _routes})
+    smarthost: HostPort | None = _setting(None, _optional_host_port)  # noqa: RUF009 (None)
+    smarthost_login: str = _setting("", lambda value: _text(value, 'a login name, or ""'))
+    smarthost_password_file: Path | None = _setting(None, _optional_path)  # noqa: RUF009
+    retry_initial: float = _setting(300.0, _duration)
+    retry_max: float = _setting(3600.0, _duration)
+    delay_notice: float = _setting(4 * 3600.0, _duration)
+    lifetime: float = _setting(5 * 86400.0, _duration)
+    max_connections: int = _setting(20, _int_between(1, 1000))
+    connect_timeout: float = _setting(30.0, _duration)
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise _expected(what, value)
+    return value
+
+
+@dataclass(frozen=True)
 class AccountsConfig:
     """How addresses map to accounts."""
 
@@ -435,6 +544,7 @@ class Config:
     submission: SubmissionConfig
     pop3: POP3Config
     tls: TLSConfig
+    outbound: OutboundConfig
     accounts: AccountsConfig
 
 
@@ -444,6 +554,7 @@ _SECTIONS: dict[str, type] = {
     "submission": SubmissionConfig,
     "pop3": POP3Config,
     "tls": TLSConfig,
+    "outbound": OutboundConfig,
     "accounts": AccountsConfig,
 }
 
@@ -472,6 +583,8 @@ def _keys_of(section: str) -> list[str]:
 def _unknown_key(section: str, key: str) -> str:
     """The reason for an unknown key, pointing at the likely intended one."""
     hint = _did_you_mean(key, _keys_of(section))
+    if not hint and key in _SECTIONS:
+        hint = f" ([{key}] is a section of its own)"
     if not hint:
         elsewhere = [name for name in _SECTIONS if key in _keys_of(name)]
         if elsewhere:
@@ -509,6 +622,43 @@ def _resolve_tls_paths(tls: TLSConfig, base_dir: Path) -> TLSConfig:
         certificate=_absolute(tls.certificate, base_dir) if tls.certificate else None,
         private_key=_absolute(tls.private_key, base_dir) if tls.private_key else None,
     )
+
+
+def _resolve_outbound_paths(outbound: OutboundConfig, base_dir: Path) -> OutboundConfig:
+    return dataclasses.replace(
+        outbound,
+        trust_file=_absolute(outbound.trust_file, base_dir) if outbound.trust_file else None,
+        smarthost_password_file=(
+            _absolute(outbound.smarthost_password_file, base_dir)
+            if outbound.smarthost_password_file
+            else None
+        ),
+    )
+
+
+def _check_outbound(config: Config, problems: _Problems) -> None:
+    outbound = config.outbound
+    if outbound.retry_max < outbound.retry_initial:
+        problems.add("outbound.retry_max", "is shorter than outbound.retry_initial")
+    if outbound.lifetime <= outbound.retry_initial:
+        problems.add("outbound.lifetime", "must be longer than outbound.retry_initial")
+    if bool(outbound.smarthost_login) != bool(outbound.smarthost_password_file):
+        problems.add(
+            "outbound.smarthost_login",
+            "smarthost_login and smarthost_password_file go together",
+        )
+    elif outbound.smarthost_password_file is not None:
+        try:
+            outbound.smarthost_password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            problems.add(
+                "outbound.smarthost_password_file",
+                f'cannot read "{outbound.smarthost_password_file}": {error}',
+            )
+        if outbound.smarthost is None:
+            problems.add("outbound.smarthost_login", "is set but outbound.smarthost is not")
+    if outbound.trust_file is not None and not outbound.trust_file.is_file():
+        problems.add("outbound.trust_file", f'"{outbound.trust_file}" is not a readable file')
 
 
 def _check_tls(config: Config, problems: _Problems) -> None:
@@ -555,6 +705,7 @@ def _cross_checks(config: Config, table: Mapping[str, object], problems: _Proble
                 "name; set server.hostname",
             )
     _check_tls(config, problems)
+    _check_outbound(config, problems)
     if config.smtp.processes > 1 and any(
         listen.startswith("ssl:") for listen in config.smtp.listen
     ):
@@ -617,6 +768,10 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
         pop3=_build(POP3Config, "pop3", _section(document, "pop3"), problems),
         tls=_resolve_tls_paths(
             _build(TLSConfig, "tls", _section(document, "tls"), problems), base_dir
+        ),
+        outbound=_resolve_outbound_paths(
+            _build(OutboundConfig, "outbound", _section(document, "outbound"), problems),
+            base_dir,
         ),
         accounts=_build(AccountsConfig, "accounts", _section(document, "accounts"), problems),
     )

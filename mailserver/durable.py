@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -64,3 +65,54 @@ def remove_quietly(path: Path) -> None:
     """Remove a file if it exists; used to clean up after a failure, so errors are ignored."""
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def replace(source: Path, target: Path) -> None:
+    """Give ``source`` the name ``target`` in one step, replacing any file there; the caller
+    fsyncs the directory afterwards."""
+    os.replace(source, target)
+
+
+def write_temporary(path: Path, data: bytes) -> tuple[Path, int]:
+    """Write ``data`` to a new temporary file beside ``path``, not yet flushed; returns its
+    name and open descriptor, for the caller to fsync and then :func:`replace` into place."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        remove_quietly(temporary)
+        raise
+    return temporary, fd
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with a file holding ``data``, durably: a reader sees the old file or
+    the new one, never a part of either, and the new one survives a crash once this returns."""
+    temporary, fd = write_temporary(path, data)
+    try:
+        fsync_file(fd)
+    except BaseException:
+        os.close(fd)
+        remove_quietly(temporary)
+        raise
+    os.close(fd)
+    try:
+        replace(temporary, path)
+    except BaseException:
+        remove_quietly(temporary)
+        raise
+    fsync_directory(path.parent)
+
+
+def remove_durably(paths: Iterable[Path]) -> None:
+    """Remove files (missing ones are fine) and flush their directories."""
+    directories = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        directories.append(path.parent)
+    fsync_directories(directories)

@@ -113,3 +113,38 @@ def login_failed(*, protocol: str, login: str, client: str, mechanism: str) -> N
         client=client,
         mechanism=mechanism,
     )
+
+
+def outbound_attempt(
+    *, id: str, recipient: str, outcome: str, remote: str | None, reply: str
+) -> None:
+    _emit(
+        LogLevel.info,
+        f"outbound id={id} to=<{recipient}> {outcome} remote={remote}: {_printable(reply)}",
+        mail_event=f"outbound-{outcome}",
+        id=id,
+        recipient=recipient,
+        outcome=outcome,
+        remote=remote,
+        reply=reply,
+    )
+
+
+def outbound_done(*, id: str, recipients: int) -> None:
+    _emit(
+        LogLevel.info,
+        f"outbound done id={id} recipients={recipients}",
+        mail_event="outbound-done",
+        id=id,
+        recipients=recipients,
+    )
+
+
+def message_queued(*, id: str, recipients: Sequence[str]) -> None:
+    _emit(
+        LogLevel.info,
+        f"queued id={id} to={','.join(recipients)}",
+        mail_event="queued",
+        id=id,
+        recipients=list(recipients),
+    )

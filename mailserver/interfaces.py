@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from zope.interface import Interface
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from mailserver.address import Mailbox
+    from mailserver.queue.record import QueueRecord
     from mailserver.spool import Spool
 
 
@@ -56,8 +58,11 @@ class StorageFull(Exception):
 class IMailStore(Interface):
     """Where received mail for local mailboxes is kept."""
 
-    def deliver(spool: Spool, mailboxes: Sequence[str]) -> Deferred[str]:
-        """Store the spooled message durably in every mailbox; fires with the stored name.
+    def deliver(
+        spool: Spool, mailboxes: Sequence[str], queued: QueueRecord | None = None
+    ) -> Deferred[str]:
+        """Store the spooled message durably in every mailbox, and with ``queued`` in the
+        outbound queue for the recipients its record lists; fires with the stored name.
 
         Fires only once every copy and its directory entry are on stable storage. Fails with
         :class:`StorageFull` when space runs out and with ``OSError`` for other trouble, after
@@ -125,3 +130,74 @@ class IMailboxStore(Interface):
         Fails with :class:`MailboxInUse` when another session holds it, with
         :class:`MailboxUnavailable` for a permanent problem and ``OSError`` for the rest.
         """
+
+
+# --- Delivering to other servers (the outbound queue) -------------------------------------------
+
+
+class DeliveryOutcome(enum.Enum):
+    """What became of one recipient of one delivery attempt (RFC 5321 §4.2.1 reply classes)."""
+
+    DELIVERED = "delivered"  # the receiving server took responsibility (2xx after the data)
+    TRANSIENT = "transient"  # try again later (4xx, a timeout, no server reachable)
+    PERMANENT = "permanent"  # never going to work (5xx, null MX, no such domain)
+
+
+@dataclass(frozen=True)
+class ReplyInfo:
+    """An SMTP reply as the queue records and reports it: the remote server's, or one we
+    wrote to describe what happened (a refused connection is ``451 4.4.1``)."""
+
+    code: int
+    enhanced: str | None
+    text: str  # lines joined by newlines
+
+    def __str__(self) -> str:
+        prefix = f"{self.code} {self.enhanced} " if self.enhanced else f"{self.code} "
+        return prefix + self.text.replace("\n", " ")
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """The outcome for one recipient, with the reply that decided it."""
+
+    recipient: str
+    outcome: DeliveryOutcome
+    reply: ReplyInfo
+    remote_host: str | None = None  # the server that answered (DSN Remote-MTA), if any
+
+
+@dataclass(frozen=True)
+class OutboundRecipient:
+    """One envelope recipient of a queued message, with its DSN parameters (RFC 3461 §4)."""
+
+    address: str  # the address as RCPT TO gave it (normalised form of our Mailbox)
+    notify: frozenset[str] | None = None  # {"NEVER"} or a subset of SUCCESS/FAILURE/DELAY
+    orcpt: str | None = None  # "rfc822;bob@example.org", xtext already decoded
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """A queued message on its way to one destination: what a courier needs to deliver it."""
+
+    id: str
+    sender: str  # "" for the null sender <>
+    recipients: tuple[OutboundRecipient, ...]
+    path: Path  # the message file: header and body, CRLF line endings, no dot-stuffing
+    size: int
+    body_8bit: bool = False  # BODY=8BITMIME was given
+    smtputf8: bool = False  # SMTPUTF8 was given
+    envid: str | None = None  # RFC 3461 §4.4, xtext already decoded
+    ret: str | None = None  # RFC 3461 §4.3: "FULL" or "HDRS"
+
+
+class ICourier(Interface):
+    """Delivers queued messages to one destination; knows how, never when (that is the
+    queue runner's business, decided from the outcomes alone)."""
+
+    def deliver(
+        domain: str, messages: Sequence[OutboundMessage]
+    ) -> Deferred[list[list[RecipientResult]]]:
+        """Try to deliver each message to its recipients, all in ``domain``; fires with one list
+        of results per message, one result per recipient in order. Never fails: trouble of
+        any kind becomes TRANSIENT or PERMANENT results."""

@@ -10,6 +10,11 @@ meanwhile, reading is paused. Subclasses say what a line means and what to send.
 Switching to TLS in the middle of a connection (SMTP STARTTLS, POP3 STLS) goes through
 :meth:`LineServerProtocol.start_tls`, which throws away whatever the client sent after the
 command: those octets arrived in plaintext, where anyone on the path could have added them.
+
+Closing always ends the connection, whatever the peer does: a TLS connection closes only once
+its pending output is sent and the peer answers the close, which a silent peer never does, so
+a close is followed by an abort after :data:`CLOSE_GRACE` seconds, and at once when the TLS
+handshake is not even done (the reply could never be read).
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,6 +42,7 @@ from mailserver.tcp import disable_nagle
 log = Logger()
 
 PAUSE_BACKLOG = 64 * 1024  # pipelined input held while waiting, before reading pauses
+CLOSE_GRACE = 10.0  # seconds a closing connection has to flush, before it is aborted
 
 
 class WireReply(Protocol):
@@ -43,8 +55,11 @@ class LineServerProtocol(TwistedProtocol, ABC):
 
     line_limit: int  # octets a command line may have, its CRLF included
 
-    def __init__(self, limiter: ConnectionLimiter) -> None:
+    def __init__(self, limiter: ConnectionLimiter, clock: IReactorTime) -> None:
         self._limiter = limiter
+        self._clock = clock
+        self._abort_call: IDelayedCall | None = None
+        self._handshaking = False  # TLS started but its handshake not finished
         self._buffer = bytearray()
         self._waiting = False  # for work the session asked for; input waits meanwhile
         self._processing = False  # inside the input loop
@@ -91,6 +106,7 @@ class LineServerProtocol(TwistedProtocol, ABC):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self._client = str(getattr(peer, "host", "local"))
+        self._handshaking = ISSLTransport.providedBy(self.transport)  # implicit TLS
         admission = self._limiter.admit(self._client)
         if admission is not Admission.ADMITTED:
             self.close_with(self.refusal(admission))
@@ -101,6 +117,9 @@ class LineServerProtocol(TwistedProtocol, ABC):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         if self._admitted:
             self._limiter.release(self._client)
             self._admitted = False
@@ -118,6 +137,7 @@ class LineServerProtocol(TwistedProtocol, ABC):
 
     def handshakeCompleted(self) -> None:
         """The TLS handshake is over (implicit TLS, or after :meth:`start_tls`)."""
+        self._handshaking = False
         self.tls_established()
 
     def tls_established(self) -> None:
@@ -199,12 +219,25 @@ class LineServerProtocol(TwistedProtocol, ABC):
         self.send(reply)
         del self._buffer[:]
         self._discarding_line = False
+        self._handshaking = True
         self.transport.startTLS(context)  # type: ignore[union-attr]
 
     def close_with(self, reply: WireReply) -> None:
-        self.send(reply)
+        """Send ``reply`` and close; see the module docstring for a peer that stays silent."""
         self._closing = True
+        if self._handshaking:
+            self.abort()
+            return
+        self.send(reply)
         self.transport.loseConnection()  # type: ignore[union-attr]
+        if self._abort_call is None:
+            self._abort_call = self._clock.callLater(CLOSE_GRACE, self.abort)
+
+    def abort(self) -> None:
+        """Drop the connection at once, whatever is still unsent."""
+        self._closing = True
+        self._abort_call = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _apply_backpressure(self) -> None:
         should_pause = self._waiting and len(self._buffer) > PAUSE_BACKLOG

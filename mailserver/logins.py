@@ -8,9 +8,9 @@ itself (:func:`mailserver.sasl.authorizes`), records the outcome with the thrott
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from mailserver import events
 from mailserver.authlimit import LoginThrottle
@@ -30,16 +30,18 @@ class LoginChecker:
     def check(self, protocol: str, client: str, credentials: Credentials) -> Deferred[str | None]:
         """The mailbox address the credentials log in to, or None.
 
-        Cancelling the result (the client went away) cancels the wait before the check.
-        It fails only for trouble on our side (the user database is unavailable).
+        Cancelling the result (the client went away) cancels only the wait before the check:
+        a check already under way runs to its end and is counted, so hanging up cannot make
+        password guesses free of the delay. It fails only for trouble on our side (the user
+        database is unavailable).
         """
-        wait = self.throttle.reserve(client)
-        ready: Deferred[None] = (
-            deferLater(self._clock, wait, lambda: None) if wait > 0 else succeed(None)
-        )
+        waiting: IDelayedCall | None = None
 
-        def check(_: None) -> Deferred[str | None]:
-            return self.users.authenticate(credentials.login, credentials.password)
+        def stop_waiting(_: Deferred[str | None]) -> None:
+            if waiting is not None and waiting.active():
+                waiting.cancel()
+
+        result: Deferred[str | None] = Deferred(stop_waiting)
 
         def decided(address: str | None) -> str | None:
             if address is not None and not authorizes(credentials, address):
@@ -62,4 +64,20 @@ class LoginChecker:
                 )
             return address
 
-        return ready.addCallback(check).addCallback(decided)
+        def answer(outcome: str | Failure | None) -> None:
+            if not result.called:  # else cancelled: nobody is waiting any more
+                if isinstance(outcome, Failure):
+                    result.errback(outcome)
+                else:
+                    result.callback(outcome)
+
+        def start() -> None:
+            checked = self.users.authenticate(credentials.login, credentials.password)
+            checked.addCallback(decided).addBoth(answer)  # counted even if cancelled
+
+        wait = self.throttle.reserve(client)
+        if wait > 0:
+            waiting = self._clock.callLater(wait, start)
+        else:
+            start()
+        return result

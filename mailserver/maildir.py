@@ -9,6 +9,10 @@ share one file through hard links.
 
 Unique names are ``<seconds>.M<microseconds>P<pid>Q<counter>.<host>,S=<size>``: the size in
 the name lets a reader list a mailbox without a stat per message.
+
+A message that also goes to other servers is queued in the same batch
+(:class:`mailserver.queue.store.QueueStore`): the same flushed file is linked into the queue
+beside its record, so one acknowledgement covers every local copy and the queued one.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
@@ -26,6 +30,8 @@ from zope.interface import implementer
 from mailserver import durable
 from mailserver.committer import Committer, Published
 from mailserver.interfaces import IMailStore, StorageFull
+from mailserver.queue.record import QueueRecord
+from mailserver.queue.store import QueueStore
 from mailserver.spool import Spool
 
 MAILDIR_SUBDIRECTORIES = ("tmp", "new", "cur")
@@ -74,35 +80,59 @@ class UniqueNames:
 class _Delivery:
     """One message for a set of mailboxes, as a :class:`~mailserver.committer.Job`."""
 
-    def __init__(self, store: MaildirStore, spool: Spool, mailboxes: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        store: MaildirStore,
+        spool: Spool,
+        mailboxes: tuple[str, ...],
+        queued: QueueRecord | None,
+    ) -> None:
         self._store = store
         self._spool = spool
         self._mailboxes = mailboxes
+        self._queued = queued
         self._source: Path | None = None
+        self._staged: tuple[Path, int] | None = None
 
     def write(self) -> list[int]:
         self._source, fd = self._spool.finish()
-        return [fd]
+        if self._queued is None:
+            return [fd]
+        self._staged = self._store.queue.stage(self._queued)
+        return [fd, self._staged[1]]
 
     def publish(self) -> Published[str]:
         assert self._source is not None
         name = self._store.names.new(self._spool.size)
         linked: list[Path] = []
 
+        queued = self._queued
+
         def undo() -> None:
             for path in linked:
                 durable.remove_quietly(path)
+            if queued is not None:
+                self._store.queue.withdraw(queued.id)
 
+        directories = []
         try:
             for address in self._mailboxes:
                 linked.append(self._store.link_into_new(self._source, address, name))
+            directories = [path.parent for path in linked]
+            if queued is not None and self._staged is not None:
+                directories.append(self._store.queue.publish(self._source, queued, self._staged[0]))
         except BaseException:
             undo()  # whatever went wrong, no copy stays visible (IMailStore.deliver)
             raise
-        return Published(result=name, directories=[path.parent for path in linked], undo=undo)
+        return Published(result=name, directories=directories, undo=undo)
 
     def cleanup(self) -> None:
         self._spool.discard()
+        if self._staged is not None:
+            path, fd = self._staged
+            os.close(fd)
+            durable.remove_quietly(path)  # gone already once published
+            self._staged = None
 
 
 @implementer(IMailStore)
@@ -113,11 +143,25 @@ class MaildirStore:
         self._data_dir = data_dir
         self._committer = committer
         self.names = UniqueNames(hostname)
+        self.queue = QueueStore(data_dir)
         self._known_maildirs: set[Path] = set()
+        # Told of each message once it is queued durably (the queue runner, in the process
+        # that runs one).
+        self.queued_observer: Callable[[QueueRecord], None] | None = None
 
-    def deliver(self, spool: Spool, mailboxes: Sequence[str]) -> Deferred[str]:
-        delivery = _Delivery(self, spool, tuple(mailboxes))
-        return self._committer.submit(delivery).addErrback(_storage_full)
+    def deliver(
+        self, spool: Spool, mailboxes: Sequence[str], queued: QueueRecord | None = None
+    ) -> Deferred[str]:
+        delivery = _Delivery(self, spool, tuple(mailboxes), queued)
+        done = self._committer.submit(delivery).addErrback(_storage_full)
+        if queued is not None:
+            done.addCallback(self._announce, queued)
+        return done
+
+    def _announce(self, name: str, queued: QueueRecord) -> str:
+        if self.queued_observer is not None:
+            self.queued_observer(queued)
+        return name
 
     def link_into_new(self, source: Path, address: str, name: str) -> Path:
         """Link ``source`` into the ``new/`` of ``address``'s Maildir (blocking)."""

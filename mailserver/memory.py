@@ -28,6 +28,7 @@ from mailserver.interfaces import (
     MessageInfo,
     RecipientLookup,
 )
+from mailserver.queue.record import QueueRecord
 from mailserver.spool import Spool
 from mailserver.userdb import parse_login, resolve
 
@@ -161,9 +162,13 @@ class MemoryMailStore:
     def __init__(self) -> None:
         self.mailboxes: dict[str, list[bytes]] = {}  # normalised address -> messages, in order
         self.names: list[str] = []  # the name of each delivered message, in order
+        self.queued: list[tuple[QueueRecord, bytes]] = []  # queued for other servers, in order
         self._next_error: BaseException | None = None
         self._hold_next = False
-        self._held: tuple[Spool, tuple[str, ...], BaseException | None, Deferred[str]] | None
+        self._held: (
+            tuple[Spool, tuple[str, ...], QueueRecord | None, BaseException | None, Deferred[str]]
+            | None
+        )
         self._held = None
         self._count = 0
 
@@ -183,23 +188,29 @@ class MemoryMailStore:
     def release(self, error: BaseException | None = None) -> None:
         """Carry out the held delivery and fire its Deferred; with ``error``, fail it instead."""
         assert self._held is not None, "no delivery is held"
-        spool, mailboxes, planned_error, waiting = self._held
+        spool, mailboxes, queued, planned_error, waiting = self._held
         self._held = None
         if error is None:
             error = planned_error
-        self._finish(spool, mailboxes, error).chainDeferred(waiting)
+        self._finish(spool, mailboxes, queued, error).chainDeferred(waiting)
 
-    def deliver(self, spool: Spool, mailboxes: Sequence[str]) -> Deferred[str]:
+    def deliver(
+        self, spool: Spool, mailboxes: Sequence[str], queued: QueueRecord | None = None
+    ) -> Deferred[str]:
         error, self._next_error = self._next_error, None
         if self._hold_next:
             self._hold_next = False
             waiting: Deferred[str] = Deferred()
-            self._held = (spool, tuple(mailboxes), error, waiting)
+            self._held = (spool, tuple(mailboxes), queued, error, waiting)
             return waiting
-        return self._finish(spool, tuple(mailboxes), error)
+        return self._finish(spool, tuple(mailboxes), queued, error)
 
     def _finish(
-        self, spool: Spool, mailboxes: tuple[str, ...], error: BaseException | None
+        self,
+        spool: Spool,
+        mailboxes: tuple[str, ...],
+        queued: QueueRecord | None,
+        error: BaseException | None,
     ) -> Deferred[str]:
         try:
             if error is not None:
@@ -213,6 +224,8 @@ class MemoryMailStore:
         name = f"memory{self._count},S={len(data)}"
         for mailbox in mailboxes:
             self.mailboxes.setdefault(mailbox, []).append(data)
+        if queued is not None:
+            self.queued.append((queued, data))
         self.names.append(name)
         return defer.succeed(name)
 

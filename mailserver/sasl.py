@@ -47,6 +47,17 @@ def decode_response(line: bytes) -> bytes:
         raise SASLError("response is not valid base64") from error
 
 
+CANCEL = b"*"  # RFC 4954 §4, RFC 5034 §4: the client's response that gives up the exchange
+
+
+def decode_initial_response(text: str) -> bytes:
+    """A response sent with the AUTH command itself: base64, where "=" stands for an empty
+    one (RFC 4954 §4, RFC 5034 §4)."""
+    if text == "=":
+        return b""
+    return decode_response(text.encode("ascii", "replace"))  # anything else is not base64
+
+
 def encode_challenge(challenge: bytes) -> str:
     return binascii.b2a_base64(challenge, newline=False).decode("ascii")
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,7 @@ class TLSContexts(Service):
     def __init__(self, reactor: Any, default: TLSFiles | None) -> None:
         self._reactor = reactor
         self._contexts: dict[TLSFiles, ServerTLS] = {}
+        self.on_hang_up: list[Callable[[], None]] = []  # also told of SIGHUP (worker processes)
         self.default = self.for_files(default) if default is not None else None
         self._previous_handler: Any = None
 
@@ -122,7 +125,7 @@ class TLSContexts(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self._contexts:
+        if self._contexts or self.on_hang_up:
             self._previous_handler = signal.signal(signal.SIGHUP, self._hangup)
 
     def stopService(self) -> None:
@@ -133,6 +136,8 @@ class TLSContexts(Service):
 
     def _hangup(self, signum: int, frame: object) -> None:
         self._reactor.callFromThread(self.reload)
+        for callback in self.on_hang_up:
+            self._reactor.callFromThread(callback)
 
 
 def _listen(
@@ -256,9 +261,9 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         from mailserver.workers import WorkerProcesses
 
         config_path = None if config.source == EMBEDDED_DEFAULT else config.source
-        WorkerProcesses(
-            reactor, config.smtp.processes - 1, config_path, smtp_listeners
-        ).setServiceParent(top)
+        workers = WorkerProcesses(reactor, config.smtp.processes - 1, config_path, smtp_listeners)
+        workers.setServiceParent(top)
+        tls.on_hang_up.append(workers.hang_up)
     if config.submission.listen:
         submission = SMTPServerFactory(
             policy=_smtp_policy(config, submission=True),
@@ -276,7 +281,88 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     if config.pop3.listen:
         assert smtp_factory.logins is not None
         _pop3_retrieval(config, reactor, top, smtp_factory.logins, pool, tls)
+    _outbound_delivery(config, reactor, top, smtp_factory, pool)
     return top
+
+
+def _outbound_delivery(
+    config: Config, reactor: Any, top: MultiService, smtp: SMTPServerFactory, pool: ThreadPool
+) -> None:
+    """The queue runner, its SMTP courier and the notifier, in the twistd process only: worker
+    processes queue into the same directory, where the runner finds their messages."""
+    from mailserver.courier import SMTPCourier
+    from mailserver.queue.notify import Notifier
+    from mailserver.queue.runner import QueueRunner
+    from mailserver.queue.schedule import RetryPolicy
+    from mailserver.queue.store import QueueStore
+    from mailserver.routing import Route, Router, make_resolver
+    from mailserver.smtp.client_session import ClientSettings, ClientTimeouts
+
+    outbound = config.outbound
+    hostname = config.server.hostname
+    servers = [(server.host, server.port) for server in outbound.resolver]
+    router = Router(
+        make_resolver(reactor, servers or None),
+        mx_port=outbound.mx_port,
+        routes={domain: Route(to.host, to.port) for domain, to in outbound.routes.items()},
+        smarthost=(
+            Route(outbound.smarthost.host, outbound.smarthost.port) if outbound.smarthost else None
+        ),
+        our_names=[hostname],
+        our_addresses=_our_addresses(config.smtp.listen, outbound.mx_port),
+    )
+    auth = None
+    if outbound.smarthost_login and outbound.smarthost_password_file is not None:
+        password = outbound.smarthost_password_file.read_text(encoding="utf-8").splitlines()
+        auth = (outbound.smarthost_login, password[0] if password else "")
+    settings = ClientSettings(
+        hostname=hostname,
+        tls=outbound.tls,
+        trust_file=outbound.trust_file,
+        auth=auth,
+        timeouts=ClientTimeouts(connect=outbound.connect_timeout),
+    )
+    policy = RetryPolicy(
+        initial=outbound.retry_initial,
+        maximum=outbound.retry_max,
+        delay_notice=outbound.delay_notice,
+        lifetime=outbound.lifetime,
+    )
+    store = smtp.store
+    assert isinstance(store, MaildirStore)
+    notifier = Notifier(
+        hostname,
+        store,
+        store.queue,
+        smtp.users,
+        smtp.spool_directory,
+        reactor,
+        reactor,
+        pool,
+        policy,
+    )
+    runner = QueueRunner(
+        QueueStore(config.server.data_dir, reactor, pool),
+        SMTPCourier(router, settings, reactor, pool),
+        notifier,
+        reactor,
+        policy,
+        max_domains=outbound.max_connections,
+    )
+    store.queued_observer = runner.add
+    runner.setServiceParent(top)
+
+
+def _our_addresses(listen: tuple[str, ...], mx_port: int) -> list[str]:
+    """The addresses our MX listeners answer on at ``mx_port``: an MX host there is us."""
+    addresses = []
+    for description in listen:
+        parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", description)]
+        kind, port, *options = [*parts, ""]
+        if kind in ("tcp", "tcp6", "ssl") and port == str(mx_port):
+            named = dict(option.split("=", 1) for option in options if "=" in option)
+            addresses.append(named.get("interface", "::" if kind == "tcp6" else "0.0.0.0"))
+    return addresses
 
 
 def _pop3_retrieval(

@@ -36,11 +36,11 @@ def is_loopback(peer: object) -> bool:
 PLAINTEXT_POLICIES = ("never", "loopback", "always")
 
 
-def plaintext_allowed(policy: str, peer: object, encrypted: bool = False) -> bool:
-    """Whether a password may be sent on this connection under a ``plaintext_auth`` policy
-    (one of :data:`PLAINTEXT_POLICIES`): always inside TLS, else as the policy says for
-    ``peer``."""
-    if encrypted or policy == "always":
+def plaintext_allowed(policy: str, peer: object) -> bool:
+    """Whether a password may be sent unencrypted from ``peer`` under a ``plaintext_auth``
+    policy (one of :data:`PLAINTEXT_POLICIES`); inside TLS it always may, which the sessions
+    know for themselves."""
+    if policy == "always":
         return True
     if policy == "loopback":
         return is_loopback(peer)

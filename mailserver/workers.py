@@ -126,6 +126,11 @@ class WorkerProcesses(Service):
             self._reactor.callLater(STOP_GRACE, _signal, process, "KILL")  # type: ignore[attr-defined]
         return DeferredList(waiting)  # type: ignore[return-value]
 
+    def hang_up(self) -> None:
+        """Pass SIGHUP on, so each worker reloads its TLS certificate too."""
+        for _, process in self.workers.values():
+            _signal(process, "HUP")
+
     def _spawn(self, number: int) -> None:
         child_fds: dict[int, object] = {0: "w", 1: "r", 2: "r"}
         shared = []

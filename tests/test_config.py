@@ -15,6 +15,8 @@ from mailserver.config import (
     AccountsConfig,
     Config,
     ConfigError,
+    HostPort,
+    OutboundConfig,
     POP3Config,
     ServerConfig,
     SMTPConfig,
@@ -33,6 +35,7 @@ SECTIONS = {
     "submission": SubmissionConfig,
     "pop3": POP3Config,
     "tls": TLSConfig,
+    "outbound": OutboundConfig,
     "accounts": AccountsConfig,
 }
 
@@ -93,6 +96,7 @@ def test_embedded_default() -> None:
     assert config.submission == SubmissionConfig()
     assert config.pop3 == POP3Config()
     assert config.tls == TLSConfig()
+    assert config.outbound == OutboundConfig()
     assert config.accounts == AccountsConfig()
 
 
@@ -125,6 +129,7 @@ def test_empty_file_gives_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.submission == SubmissionConfig()
     assert config.pop3 == POP3Config()
     assert config.tls == TLSConfig()
+    assert config.outbound == OutboundConfig()
     assert config.accounts == AccountsConfig()
 
 
@@ -158,6 +163,7 @@ def test_reference_file_equals_defaults() -> None:
     assert config.submission == SubmissionConfig()
     assert config.pop3 == POP3Config()
     assert config.tls == TLSConfig()
+    assert config.outbound == OutboundConfig()
     assert config.accounts == AccountsConfig()
 
 
@@ -564,4 +570,53 @@ def test_ssl_listener_with_its_own_files(certificate: TLSFiles) -> None:
     assert problems(f'[submission]\nlisten = ["{missing}"]\n') == [
         f'test.toml: submission.listen: "{missing}": cannot read "/nonexistent/key.pem": '
         "No such file or directory"
+    ]
+
+
+# --- Outbound.
+
+
+def test_outbound_settings() -> None:
+    """Resolvers, routes and the smarthost are host-and-port strings: IPv6 in brackets, port
+    53 for DNS and 25 for mail by default; domains and names are lowercased."""
+    outbound = parse(
+        "[outbound]\n"
+        'resolver = ["127.0.0.1:5353", "::1", "[::1]:54"]\n'
+        'routes = { "Example.NET" = "MX.example.net:2525", "v6.example" = "[2001:db8::1]" }\n'
+        'smarthost = "relay.example:587"\n'
+        'retry_initial = "10s"\n'
+    ).outbound
+    assert outbound.resolver == (
+        HostPort("127.0.0.1", 5353),
+        HostPort("::1", 53),
+        HostPort("::1", 54),
+    )
+    assert outbound.routes == {
+        "example.net": HostPort("mx.example.net", 2525),
+        "v6.example": HostPort("2001:db8::1", 25),
+    }
+    assert outbound.smarthost == HostPort("relay.example", 587)
+    assert outbound.retry_initial == 10.0
+
+
+def test_outbound_problems() -> None:
+    """Each bad outbound value is one line naming its key."""
+    assert problems(
+        "[outbound]\n"
+        'resolver = "dns.example"\n'
+        'routes = { "a.example" = "b.example:99999" }\n'
+        "mx_port = 0\n"
+        'smarthost_login = "me"\n'
+        'retry_initial = "2h"\n'
+        'lifetime = "1h"\n'
+    ) == [
+        "test.toml: outbound.resolver: expected a DNS server's IP address, with its port if not"
+        ' 53, got "dns.example"',
+        'test.toml: outbound.routes: "a.example": expected a host and port like'
+        ' "mail.example.net:587" or "[2001:db8::1]:25", got "b.example:99999"',
+        "test.toml: outbound.mx_port: expected an integer from 1 to 65535, got 0",
+        "test.toml: outbound.retry_max: is shorter than outbound.retry_initial",
+        "test.toml: outbound.lifetime: must be longer than outbound.retry_initial",
+        "test.toml: outbound.smarthost_login: smarthost_login and smarthost_password_file go"
+        " together",
     ]

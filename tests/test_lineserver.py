@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailserver.limits import Admission, ConnectionLimiter
-from mailserver.lineserver import PAUSE_BACKLOG, LineServerProtocol
+from mailserver.lineserver import CLOSE_GRACE, PAUSE_BACKLOG, LineServerProtocol
 
 PEER = IPv4Address("TCP", "192.0.2.1", 1)
 
@@ -28,8 +28,8 @@ class Echo(LineServerProtocol):
 
     line_limit = 20
 
-    def __init__(self, limiter: ConnectionLimiter) -> None:
-        super().__init__(limiter)
+    def __init__(self, limiter: ConnectionLimiter, clock: MemoryReactorClock | None = None) -> None:
+        super().__init__(limiter, clock or MemoryReactorClock())
         self.pending: Deferred[str] | None = None
 
     def refusal(self, admission: Admission) -> Text:
@@ -104,3 +104,75 @@ class LineServerTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"hello\r\nlocal error\r\n")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class RecordingTransport(StringTransport):
+    """Records aborts, and whether TLS was started; like a TLS transport whose peer is silent,
+    it never reports the connection lost by itself."""
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=PEER)
+        self.aborted = False
+        self.tls: object = None
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+    def startTLS(self, context: object) -> None:
+        self.tls = context
+
+
+class ClosingTests(SynchronousTestCase):
+    def connect(self) -> tuple[Echo, RecordingTransport, MemoryReactorClock]:
+        clock = MemoryReactorClock()
+        protocol, transport = Echo(ConnectionLimiter(10, 10), clock), RecordingTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport, clock
+
+    def test_close_that_never_completes_is_aborted(self) -> None:
+        """A peer that never lets the close finish (a silent TLS peer) is cut off after the
+        grace period; one that does is not."""
+        protocol, transport, clock = self.connect()
+        protocol.close_with(Text("bye"))
+        self.assertTrue(transport.disconnecting)
+        clock.advance(CLOSE_GRACE - 1)
+        self.assertFalse(transport.aborted)
+        clock.advance(1)
+        self.assertTrue(transport.aborted)
+
+        protocol, transport, clock = self.connect()
+        protocol.close_with(Text("bye"))
+        protocol.connectionLost(None)
+        clock.advance(CLOSE_GRACE)
+        self.assertFalse(transport.aborted)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_close_during_tls_handshake_aborts_at_once(self) -> None:
+        """Before the handshake is done nothing could be read: the connection is dropped at
+        once rather than waiting for a handshake that may never come."""
+        protocol, transport, _ = self.connect()
+        protocol.start_tls(Text("go ahead"), object())  # type: ignore[arg-type]
+        protocol.close_with(Text("timeout"))
+        self.assertTrue(transport.aborted)
+        self.assertNotIn(b"timeout", transport.value())
+
+    def test_start_tls_drops_pipelined_input(self) -> None:
+        """Lines that came with the command asking for TLS are thrown away unread; lines after
+        the handshake are handled."""
+        protocol, transport, _ = self.connect()
+        context = object()
+        original = protocol.line_received
+
+        def line_received(line: bytes) -> None:
+            if line == b"tls":
+                protocol.start_tls(Text("go ahead"), context)  # type: ignore[arg-type]
+            else:
+                original(line)
+
+        protocol.line_received = line_received  # type: ignore[method-assign]
+        protocol.dataReceived(b"tls\r\ninjected\r\n")
+        self.assertIs(transport.tls, context)
+        self.assertEqual(transport.value(), b"hello\r\ngo ahead\r\n")
+        protocol.handshakeCompleted()
+        protocol.dataReceived(b"after\r\n")
+        self.assertEqual(transport.value(), b"hello\r\ngo ahead\r\nafter\r\n")

@@ -108,3 +108,16 @@ class LoginCheckerTests(SynchronousTestCase):
         self.failureResultOf(result, OSError)
         self.assertEqual(list(events), [])
         self.assertEqual(self.throttle.reserve(CLIENT), 0)
+
+    def test_cancel_during_the_check_still_counts_it(self) -> None:
+        """A client that hangs up while its password is being checked gets no answer, but
+        the outcome is counted and logged: hanging up does not make guesses free."""
+        pending: Deferred[str | None] = Deferred()
+        self.users.authenticate = lambda login, password: pending  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            result = self.check(Credentials("alice", "wrong"))
+            result.cancel()
+            self.failureResultOf(result, CancelledError)
+            pending.callback(None)
+        self.assertEqual([event["login_event"] for event in events], ["login-failed"])
+        self.assertGreater(self.throttle.reserve(CLIENT), 0)

@@ -1,4 +1,5 @@
-"""Byte-stuffing of RETR and TOP responses, whatever the chunking (mailserver.pop3.stuffing)."""
+"""Byte-stuffing of RETR and TOP responses, whatever the chunking (mailserver.pop3.stuffing,
+with the shared DotStuffer of mailserver.stuffing)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Iterable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailserver.pop3.stuffing import DotStuffer, TopEncoder, TopFilter, encoder_for
+from mailserver.pop3.stuffing import TopEncoder, TopFilter, encoder_for
+from mailserver.stuffing import DotStuffer
 
 
 def chunked(data: bytes, cuts: Iterable[int]) -> list[bytes]:

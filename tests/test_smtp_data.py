@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailserver.smtp.data import ContentInspector, ContentSummary, DotDecoder
+from mailserver.address import Mailbox
+from mailserver.smtp.data import (
+    MAX_KEPT_HEADER,
+    AuthorError,
+    ContentInspector,
+    ContentSummary,
+    DotDecoder,
+    authors_of,
+)
 
 MESSAGE = (
     b"Subject: test\r\n"
@@ -301,3 +309,65 @@ def test_bare_line_ending_at_every_split(content: bytes) -> None:
     for point in range(len(content) + 1):
         summary, _ = inspect(split_at(content, point))
         assert summary.bare_line_ending, point
+
+
+# -- authors_of: the From addresses submission checks ------------------------------------------
+
+
+def test_authors_of_a_plain_from() -> None:
+    """Display names, comments, encoded words and groups of addresses are understood; the
+    same address twice counts once."""
+    header = b"Subject: x\r\nFrom: =?utf-8?q?Al=C3=AFce?= <alice@Example.org>,\r\n bob@x.example,"
+    header += b" alice@example.org (again)\r\n\r\nbody"
+    assert authors_of(header, whole_message=False) == (
+        Mailbox("alice", "Example.org"),
+        Mailbox("bob", "x.example"),
+    )
+
+
+def test_authors_of_utf8_header() -> None:
+    """RFC 6532: an internationalised address in a UTF-8 header field."""
+    header = "From: Jörg <jörg@bücher.example>\r\n\r\n".encode()
+    assert authors_of(header, whole_message=False) == (Mailbox("jörg", "bücher.example"),)
+
+
+def test_headers_only_message() -> None:
+    """A message that is all header (no blank line) is checked when it was kept whole."""
+    assert authors_of(b"From: a@b.example\r\n", whole_message=True) == (Mailbox("a", "b.example"),)
+    with pytest.raises(AuthorError):
+        authors_of(b"From: a@b.example\r\n", whole_message=False)
+
+
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        (None, "no header section"),
+        (b"Subject: x\r\n\r\n", "no From"),
+        (b"From: a@b.example\r\nfrom: c@d.example\r\n\r\n", "more than one"),
+        (b"From: a@b.example <c@d.example>\r\n\r\n", "malformed"),
+        (b"From: a@b.example;c@d.example\r\n\r\n", "malformed"),
+        (b"From\t: c@d.example\r\nFrom: a@b.example\r\n\r\n", "not a header field"),
+        (b"From\0: c@d.example\r\nFrom: a@b.example\r\n\r\n", "not a header field"),
+        (b" folded first\r\nFrom: a@b.example\r\n\r\n", "not a header field"),
+        (b"From: " + b"a@b.example, " * 100 + b"\r\n\r\n", "too long"),
+        (b"From: " + b", ".join(b"u%d@b.example" % n for n in range(30)) + b"\r\n\r\n", "too many"),
+        (b"From: \xff@b.example\r\n\r\n", "not UTF-8"),
+        (b"From: undisclosed:;\r\n\r\n", "names no address"),
+    ],
+)
+def test_authors_of_refuses_what_cannot_be_checked(header: bytes | None, reason: str) -> None:
+    """Anything a lenient reader might read differently is refused, with its reason."""
+    with pytest.raises(AuthorError, match=reason):
+        authors_of(header, whole_message=False)
+
+
+def test_inspector_keeps_the_header_when_asked() -> None:
+    """The kept header section is bounded, and says whether it is the whole message."""
+    inspector = ContentInspector(lambda data: None, 10 * MAX_KEPT_HEADER, keep_header=True)
+    inspector.feed(b"From: a@b.example\r\n")
+    assert inspector.summary().whole_message_kept
+    inspector.feed(b"\r\n" + b"x" * MAX_KEPT_HEADER)
+    summary = inspector.summary()
+    assert summary.header is not None and len(summary.header) == MAX_KEPT_HEADER
+    assert not summary.whole_message_kept
+    assert ContentInspector(lambda data: None, 100).summary().header is None

@@ -30,7 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailserver.address import Mailbox
 from mailserver.authlimit import LoginThrottle
-from mailserver.interfaces import RecipientLookup, StorageFull
+from mailserver.interfaces import Lookup, RecipientLookup, StorageFull
 from mailserver.limits import ConnectionLimiter
 from mailserver.lineserver import PAUSE_BACKLOG
 from mailserver.logins import LoginChecker
@@ -275,7 +275,8 @@ class ConnectionTests(ServerTestCase):
             "250-8BITMIME\r\n"
             "250-ENHANCEDSTATUSCODES\r\n"
             "250-SMTPUTF8\r\n"
-            "250 CHUNKING\r\n"
+            "250-CHUNKING\r\n"
+            "250 DSN\r\n"
             "250 2.1.0 Sender OK\r\n"
             "250 2.1.5 Recipient OK\r\n"
             "354 End data with <CR><LF>.<CR><LF>\r\n"
@@ -513,7 +514,7 @@ class CommandLineTests(ServerTestCase):
         """An overlong line that arrives whole, with the next command, is refused once and the
         next command is answered normally."""
         client = self.connect()
-        client.send(b"NOOP " + b"a" * 1000 + b"\r\nNOOP\r\n")
+        client.send(b"NOOP " + b"a" * MAX_COMMAND_LINE + b"\r\nNOOP\r\n")
         self.assertEqual(client.codes(), codes(replies.LINE_TOO_LONG, replies.OK))
 
     def test_too_many_errors_closes(self) -> None:
@@ -1069,13 +1070,25 @@ class SecurityTests(ServerTestCase):
         mx.send(EHLO + MAIL + b"RCPT TO:<someone@elsewhere.example>\r\n")
         self.assertEqual(mx.codes(), EHLO_REPLY + codes(replies.SENDER_OK, replies.RELAY_DENIED))
 
-    def test_remote_recipient_is_a_temporary_refusal(self) -> None:
-        """An authenticated user's mail for another domain is refused for now with 451."""
+    def test_remote_recipients_are_queued_with_the_local_copies(self) -> None:
+        """An authenticated user's message for a local user and for another domain is stored
+        once: delivered to the local mailbox and queued, in the same durable step, for the
+        remote recipient with its DSN parameters."""
         client = self.logged_in()
-        client.send(b"MAIL FROM:<alice@ours.example>\r\nRCPT TO:<x@elsewhere.example>\r\n")
-        self.assertEqual(
-            client.codes(), codes(replies.SENDER_OK, replies.REMOTE_DELIVERY_UNAVAILABLE)
+        client.send(
+            b"MAIL FROM:<alice@ours.example> RET=HDRS ENVID=E1\r\n"
+            b"RCPT TO:<Friend@Elsewhere.example> NOTIFY=FAILURE\r\n" + RCPT_BOB + b"DATA\r\n"
         )
+        client.take()
+        client.send(message(b"From: alice@ours.example\r\n\r\nHello\r\n"))
+        self.assertEqual(client.codes(), codes(replies.MESSAGE_ACCEPTED))
+        [(record, content)] = self.store.queued
+        self.assertEqual(self.store.mailboxes["bob@ours.example"], [content])
+        self.assertEqual([r.address for r in record.recipients], ["Friend@Elsewhere.example"])
+        self.assertEqual(record.recipients[0].notify, frozenset({"FAILURE"}))
+        self.assertEqual((record.sender, record.ret, record.envid), (ALICE, "HDRS", "E1"))
+        self.assertEqual(record.size, len(content))
+        self.assertEqual(len(self.events_of("queued")), 1)
 
     def test_plaintext_auth_refused_from_the_network(self) -> None:
         """With plaintext_auth = "loopback", a client on another machine gets no AUTH in EHLO
@@ -1119,3 +1132,28 @@ class SecurityTests(ServerTestCase):
         client.send(b"MAIL FROM:<alice@ours.example>\r\nNOOP\r\n")
         self.assertEqual(client.codes(), codes(replies.LOCAL_ERROR, replies.OK))
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_disconnect_during_the_from_check_leaves_no_spool_file(self) -> None:
+        """A client that leaves while its From addresses are looked up leaves nothing behind:
+        the spooled message is removed, and the late answer is ignored."""
+        client = self.logged_in()
+        client.send(b"MAIL FROM:<alice@ours.example>\r\n" + RCPT_BOB + b"DATA\r\n")
+        client.take()
+        held: Deferred[RecipientLookup] = Deferred()
+        self.patch(self.users, "resolve_recipient", lambda address: held)
+        client.send(message(b"From: alice@ours.example\r\n\r\n" + b"x" * SPILL_THRESHOLD + b"\r\n"))
+        self.assertEqual(len(self.spool_files()), 1)
+        client.lose()
+        self.assertEqual(self.spool_files(), [])
+        held.callback(RecipientLookup(Lookup.DELIVER, (ALICE,)))
+        self.assertEqual(self.store.mailboxes, {})
+
+    def test_each_submission_logs_received_then_delivered(self) -> None:
+        """A submitted message whose From was checked is logged as received, then delivered."""
+        client = self.logged_in()
+        client.send(b"MAIL FROM:<alice@ours.example>\r\n" + RCPT_BOB + b"DATA\r\n")
+        client.take()
+        client.send(message(b"From: alice@ours.example\r\n\r\nHi\r\n"))
+        self.assertEqual(client.codes(), codes(replies.MESSAGE_ACCEPTED))
+        kinds = [event["mail_event"] for event in self.events]
+        self.assertEqual(kinds, ["received", "delivered"])

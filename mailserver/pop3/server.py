@@ -25,20 +25,15 @@ STLS switches over (RFC 2595 §4) through :meth:`LineServerProtocol.start_tls`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
-    IConsumer,
     IOpenSSLServerConnectionCreator,
-    IPushProducer,
     IReactorTime,
     ISSLTransport,
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from mailserver.deadline import Deadline
 from mailserver.interfaces import (
@@ -64,16 +59,11 @@ from mailserver.pop3.session import (
     SessionPolicy,
     StartTLS,
 )
-from mailserver.pop3.stuffing import Encoder, encoder_for
+from mailserver.pop3.stuffing import encoder_for
+from mailserver.streaming import MessageStreamer
 from mailserver.tcp import PLAINTEXT_POLICIES, plaintext_allowed
 
 log = Logger()
-
-CHUNK_SIZE = 64 * 1024  # octets read from a message file at a time
-
-
-class StreamStopped(Exception):
-    """The connection went away while a message was being sent."""
 
 
 class POP3ServerFactory(Factory):
@@ -106,125 +96,9 @@ class POP3ServerFactory(Factory):
         return POP3ServerProtocol(self)
 
 
-@implementer(IPushProducer)
-class MessageStreamer:
-    """Sends one message, encoded for a multi-line response, to ``consumer``.
-
-    ``read(offset, size)`` gives the message chunk by chunk (:meth:`IMailbox.read_message`).
-    ``header`` (the "+OK" line) goes out with the first chunk, so a message whose first read
-    fails has had nothing sent and can still be refused with -ERR. Chunks are written while
-    the consumer accepts them; the producer is registered only for a message larger than one
-    chunk, so a small message costs one read and one write. ``on_done`` is called once: with
-    None when the terminating "." is written, with the read error, or with
-    :class:`StreamStopped` if the consumer stops it; :attr:`started` tells whether any octet
-    was written by then.
-    """
-
-    def __init__(
-        self,
-        consumer: IConsumer,
-        read: Callable[[int, int], Deferred[bytes]],
-        encoder: Encoder,
-        header: bytes,
-        on_progress: Callable[[], None],
-        on_done: Callable[[Failure | None], None],
-        chunk_size: int = CHUNK_SIZE,
-    ) -> None:
-        self._consumer = consumer
-        self._read = read
-        self._encoder = encoder
-        self._on_progress = on_progress
-        self._on_done = on_done
-        self._chunk_size = chunk_size
-        self._offset = 0
-        self._pending = [header]
-        self._pending_size = len(header)
-        self.started = False
-        self._registered = False
-        self._paused = False
-        self._reading = False
-        self._pumping = False
-        self._finished = False
-
-    def start(self) -> None:
-        self._pump()
-
-    # IPushProducer, called by the consumer.
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._on_progress()
-        self._pump()
-
-    def stopProducing(self) -> None:
-        self._finish(Failure(StreamStopped()))
-
-    # The reading loop.
-
-    def _pump(self) -> None:
-        if self._pumping:
-            return  # a read that fired at once is handled by the loop below
-        self._pumping = True
-        try:
-            while not (self._paused or self._reading or self._finished):
-                self._reading = True
-                self._read(self._offset, self._chunk_size).addCallbacks(
-                    self._received, self._failed
-                )
-        finally:
-            self._pumping = False
-
-    def _received(self, data: bytes) -> None:
-        self._reading = False
-        if self._finished:
-            return
-        self._offset += len(data)
-        encoder = self._encoder
-        if data:
-            encoded = encoder.feed(data)
-            self._pending.append(encoded)
-            self._pending_size += len(encoded)
-        # IMailbox.read_message: a short read is the end of the message.
-        if len(data) < self._chunk_size or encoder.done:
-            self._pending.append(encoder.finish())
-            self._flush()
-            self._finish(None)
-            return
-        if self._pending_size >= self._chunk_size:
-            if not self._registered:
-                self._registered = True
-                self._consumer.registerProducer(self, True)
-            self._flush()  # the consumer may pause us from inside this write
-            self._on_progress()
-        self._pump()
-
-    def _failed(self, failure: Failure) -> None:
-        self._reading = False
-        self._finish(failure)
-
-    def _flush(self) -> None:
-        data = b"".join(self._pending)
-        self._pending = []
-        self._pending_size = 0
-        self.started = True
-        self._consumer.write(data)
-
-    def _finish(self, failure: Failure | None) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        if self._registered:
-            self._registered = False
-            self._consumer.unregisterProducer()
-        self._on_done(failure)
-
-
 class POP3ServerProtocol(LineServerProtocol):
     def __init__(self, factory: POP3ServerFactory) -> None:
-        super().__init__(factory.limiter)
+        super().__init__(factory.limiter, factory.reactor)
         self.factory = factory
         self._idle = Deadline(factory.reactor, self._idle_expired)
         self._login_check: Deferred[str | None] | None = None
@@ -327,8 +201,8 @@ class POP3ServerProtocol(LineServerProtocol):
             self._mailbox = mailbox
             messages = mailbox.messages
             log.info(
-                "pop3 login address={address} client={client} messages={count}",
-                pop3_event="login",
+                "pop3 mailbox opened address={address} client={client} messages={count}",
+                pop3_event="opened",
                 address=action.address,
                 client=self._client,
                 count=len(messages),
@@ -376,7 +250,7 @@ class POP3ServerProtocol(LineServerProtocol):
             else:
                 # The status line is out: the only honest way to stop is to hang up.
                 log.failure("reading message {index} failed mid-stream", failure, index=index)
-                self._abort()
+                self.abort()
 
         streamer = MessageStreamer(
             self.transport,  # type: ignore[arg-type]
@@ -439,10 +313,6 @@ class POP3ServerProtocol(LineServerProtocol):
         assert self.session is not None
         return self.session
 
-    def _abort(self) -> None:
-        self._closing = True
-        self.transport.abortConnection()  # type: ignore[union-attr]
-
     def _touch(self) -> None:
         """Note activity (a command arrived, or a message made progress): RFC 1939 §3's
         autologout timer starts again."""
@@ -457,6 +327,6 @@ class POP3ServerProtocol(LineServerProtocol):
             return
         log.info("pop3 autologout client={client}", pop3_event="timeout", client=self._client)
         if self._streamer is not None:
-            self._abort()  # in the middle of a message: no reply can be sent
+            self.abort()  # in the middle of a message: no reply can be sent
         else:
             self.close_with(replies.TIMEOUT)

@@ -353,7 +353,7 @@ class POP3Session:
         exchange = self._sasl
         assert exchange is not None
         self._sasl = None
-        if line == b"*":
+        if line == sasl.CANCEL:
             # RFC 5034 §4: "*" cancels, and the server MUST answer -ERR.
             return self._error(replies.AUTH_CANCELLED)
         try:
@@ -422,9 +422,7 @@ class POP3Session:
         try:
             initial = None
             if len(words) == 2:
-                # RFC 5034 §4: an initial response; "=" stands for an empty one.
-                encoded = b"" if words[1] == "=" else words[1].encode("ascii", "replace")
-                initial = sasl.decode_response(encoded)
+                initial = sasl.decode_initial_response(words[1])  # RFC 5034 §4
             step = exchange.start(initial)
         except sasl.SASLError:
             return self._error(replies.BAD_SASL_RESPONSE)

@@ -2,67 +2,21 @@
 
 RFC 1939 §3: a multi-line response ends with a line holding a single ".", so every line of
 the message that starts with "." gets one more "." in front ("byte-stuffing"), and the
-response ends with CRLF "." CRLF. The message arrives in chunks of any size; a line may start
-anywhere in a chunk, at a chunk's first octet, or right after a chunk that ended with LF, so
-the encoders here carry the little state that crosses chunk boundaries.
+response ends with CRLF "." CRLF. The stuffing itself, with the state that crosses chunk
+boundaries, is :class:`mailserver.stuffing.DotStuffer`, shared with the SMTP client; this
+module adds what only POP3 needs: TOP's cut after the header and some body lines.
 
-A line starts after every LF, bare or not: clients split lines at LF (Python's ``poplib``
-does), so stuffing after a bare LF too is what keeps such a client from mistaking a "." line
-for the end. Nothing is converted: the stored octets are CRLF already (the SMTP side refuses
-bare line endings), and RFC 1939 §11 wants the size from LIST to be what RETR sends.
+Nothing is converted: the stored octets are CRLF already (the SMTP side refuses bare line
+endings), and RFC 1939 §11 wants the size from LIST to be what RETR sends.
 
 These classes are pure: bytes in, bytes out, no I/O.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from mailserver.stuffing import DotStuffer, Encoder
 
-CRLF = b"\r\n"
-TERMINATOR = b".\r\n"
-
-
-class Encoder(Protocol):
-    """What the streaming glue needs from an encoder."""
-
-    @property
-    def done(self) -> bool:
-        """True once no further input can change the output (TOP has all it needs)."""
-
-    def feed(self, chunk: bytes) -> bytes:
-        """The wire octets for the next chunk of the stored message."""
-
-    def finish(self) -> bytes:
-        """The octets that end the response: a CRLF if the message lacked one, then ".CRLF"."""
-
-
-class DotStuffer:
-    """Byte-stuffs a whole message for RETR (RFC 1939 §3 and §7)."""
-
-    def __init__(self) -> None:
-        self._at_line_start = True
-        self._tail = b""  # the last two octets seen, to know whether the message ended in CRLF
-
-    @property
-    def done(self) -> bool:
-        return False
-
-    def feed(self, chunk: bytes) -> bytes:
-        if not chunk:
-            return b""
-        # RFC 1939 §3: "each line ... beginning with the termination octet" is stuffed.
-        out = chunk.replace(b"\n.", b"\n..")
-        if self._at_line_start and chunk[0] == 0x2E:  # "." right after a boundary at line start
-            out = b"." + out
-        self._at_line_start = chunk[-1] == 0x0A
-        self._tail = (self._tail + chunk[-2:])[-2:]
-        return out
-
-    def finish(self) -> bytes:
-        # RFC 1939 §3: the terminating "." must be on a line of its own.
-        if self._tail and self._tail != CRLF:
-            return CRLF + TERMINATOR
-        return TERMINATOR
+__all__ = ["DotStuffer", "Encoder", "TopEncoder", "TopFilter", "encoder_for"]
 
 
 class TopFilter:

@@ -14,10 +14,11 @@ Asked to, it keeps the header section (up to :data:`MAX_KEPT_HEADER` octets), fr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.errors import NonASCIILocalPartDefect
 from email.headerregistry import AddressHeader
-from email.parser import HeaderParser
 from email.policy import SMTPUTF8
 
 from mailserver.address import AddressError, Mailbox, parse_path
@@ -29,6 +30,10 @@ _RECEIVED = b"\r\nreceived:"
 _HEADER_END = b"\r\n\r\n"
 _HEADER_TAIL = len(_RECEIVED) - 1
 MAX_KEPT_HEADER = 256 * 1024
+MAX_AUTHOR_FIELD = 1000  # octets of the From field's value, unfolded; real ones are far shorter
+MAX_AUTHORS = 20
+# RFC 5322 §2.2: a field name is printable ASCII except the colon, right before it.
+_FIELD = re.compile(rb"[!-9;-~]+:")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class ContentSummary:
     bare_line_ending: bool
     received_headers: int
     header: bytes | None = None  # the header section, when it was asked for
+    whole_message_kept: bool = False  # ``header`` holds the whole message, not a beginning
 
 
 class ContentInspector:
@@ -85,6 +91,7 @@ class ContentInspector:
             bare_line_ending=self._bare or self._pending_cr,
             received_headers=self._received,
             header=bytes(self._header) if self._header is not None else None,
+            whole_message_kept=self._header is not None and len(self._header) == self.size,
         )
 
     def _check_line_endings(self, content: bytes) -> None:
@@ -146,27 +153,65 @@ class DotDecoder:
         self._inspector.feed(content)
 
 
-def authors_of(header: bytes | None) -> tuple[Mailbox, ...] | None:
-    """The addresses of the From header fields (RFC 5322 §3.6.2) in a header section, or
-    None when there is none that can be read."""
+class AuthorError(ValueError):
+    """The From header cannot be checked: missing, repeated, malformed or too long."""
+
+
+def authors_of(header: bytes | None, whole_message: bool) -> tuple[Mailbox, ...]:
+    """The addresses of the From header field (RFC 5322 §3.6.2), for a policy that must not
+    be fooled: every header line must be a field or a continuation (no line that one mail
+    reader would skip and another would read), exactly one From field (§3.6), short enough
+    to parse quickly, and parsed without a single defect. ``whole_message`` says whether
+    ``header`` holds the whole message (it has no blank line after its header section).
+    Raises :class:`AuthorError`.
+    """
     if not header:
-        return None
+        raise AuthorError("it has no header section")
     end = header.find(_HEADER_END)
-    if end >= 0:
-        header = header[: end + 2]
-    text = header.decode("utf-8", "replace")  # RFC 6532: header fields may be UTF-8
-    authors = []
+    if end < 0 and not whole_message:
+        raise AuthorError("its header section is too large to check")
+    section = header[:end] if end >= 0 else header.removesuffix(b"\r\n")
+    lines = section.split(b"\r\n")
+    fields: list[list[bytes]] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        elif _FIELD.match(line):
+            fields.append([line])
+        else:
+            raise AuthorError("its header section has a line that is not a header field")
+    author_fields = [field for field in fields if field[0][:5].lower() == b"from:"]
+    if not author_fields:
+        raise AuthorError("it has no From header field")
+    if len(author_fields) > 1:
+        raise AuthorError("it has more than one From header field")
+    value = b"".join(author_fields[0])[5:]
+    if len(value) > MAX_AUTHOR_FIELD:
+        raise AuthorError("its From header field is too long")
     try:
-        fields = HeaderParser(policy=SMTPUTF8).parsestr(text).get_all("From") or []
-        for value in fields:
-            if not isinstance(value, AddressHeader):
-                return None
-            for address in value.addresses:
-                mailbox = parse_path(f"<{address.addr_spec}>", allow_null=False)
-                if mailbox is not None:
-                    authors.append(mailbox)
-    except AddressError:
-        return None
-    except Exception:  # the email package raises assorted errors on hostile input
-        return None
-    return tuple(authors) or None
+        text = value.decode("utf-8")  # RFC 6532: header fields may be UTF-8
+    except UnicodeDecodeError as error:
+        raise AuthorError("its From header field is not UTF-8") from error
+    parsed = SMTPUTF8.header_factory("From", text)
+    # typeshed leaves out BaseHeader.defects, which every parsed header has. A non-ASCII
+    # local part is no defect here: SMTPUTF8 and RFC 6532 allow it.
+    defects = [
+        defect
+        for defect in getattr(parsed, "defects", ())
+        if not isinstance(defect, NonASCIILocalPartDefect)
+    ]
+    if not isinstance(parsed, AddressHeader) or defects:
+        raise AuthorError("its From header field is malformed")
+    authors: dict[str, Mailbox] = {}
+    for address in parsed.addresses:
+        try:
+            mailbox = parse_path(f"<{address.addr_spec}>", allow_null=False)
+        except AddressError as error:
+            raise AuthorError(f"its From header field holds a bad address: {error}") from error
+        if mailbox is not None:
+            authors.setdefault(mailbox.normalized(), mailbox)
+    if not authors:
+        raise AuthorError("its From header field names no address")
+    if len(authors) > MAX_AUTHORS:
+        raise AuthorError("its From header field names too many addresses")
+    return tuple(authors.values())

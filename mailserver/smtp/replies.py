@@ -76,6 +76,7 @@ BAD_SENDER_SYNTAX = _reply("BAD_SENDER_SYNTAX", 501, "5.1.7", "Bad sender addres
 BAD_RECIPIENT_SYNTAX = _reply("BAD_RECIPIENT_SYNTAX", 501, "5.1.3", "Bad recipient address syntax")
 NOT_IMPLEMENTED = _reply("NOT_IMPLEMENTED", 502, "5.5.1", "Command not implemented")
 NEED_HELO = _reply("NEED_HELO", 503, "5.5.1", "Send EHLO or HELO first")
+NEED_EHLO = _reply("NEED_EHLO", 503, "5.5.1", "Send EHLO first: HELO offers no extensions")
 NEED_MAIL = _reply("NEED_MAIL", 503, "5.5.1", "Send MAIL first")
 NESTED_MAIL = _reply("NESTED_MAIL", 503, "5.5.1", "Sender already given")
 BDAT_IN_PROGRESS = _reply(
@@ -87,6 +88,7 @@ UNKNOWN_PARAMETER = _reply(
 )
 BAD_BODY_PARAMETER = _reply("BAD_BODY_PARAMETER", 501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
 BAD_SIZE_PARAMETER = _reply("BAD_SIZE_PARAMETER", 501, "5.5.4", "SIZE must be a number")
+BAD_DSN_PARAMETER = _reply("BAD_DSN_PARAMETER", 501, "5.5.4", "Bad DSN parameter")
 NEEDS_SMTPUTF8 = _reply(
     "NEEDS_SMTPUTF8", 553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter"
 )
@@ -134,14 +136,11 @@ AUTHOR_NOT_OWNED = _reply(
     "5.7.1",
     "Message refused: a From header address is not one of the authenticated user's",
 )
-NO_AUTHOR = _reply(
-    "NO_AUTHOR", 550, "5.6.0", "Message refused: it has no From header (RFC 5322 section 3.6)"
-)
-REMOTE_DELIVERY_UNAVAILABLE = _reply(
-    "REMOTE_DELIVERY_UNAVAILABLE",
-    451,
-    "4.3.2",
-    "Delivery to other domains is not available on this server now; try again later",
+UNCHECKABLE_AUTHOR = _reply(
+    "UNCHECKABLE_AUTHOR",
+    550,
+    "5.6.0",
+    "Message refused: its From header field cannot be checked (RFC 5322 section 3.6)",
 )
 NO_SUCH_USER = _reply("NO_SUCH_USER", 550, "5.1.1", "No such user here")
 ALIAS_LOOP = _reply("ALIAS_LOOP", 550, "5.4.6", "Alias loop for this recipient")

@@ -31,6 +31,7 @@ from mailserver.interfaces import IMailStore, IUserDatabase, RecipientLookup, St
 from mailserver.limits import Admission, ConnectionLimiter
 from mailserver.lineserver import LineServerProtocol, WireReply
 from mailserver.logins import LoginChecker
+from mailserver.queue.record import QueueRecord
 from mailserver.smtp import replies
 from mailserver.smtp.data import ContentInspector, DotDecoder
 from mailserver.smtp.replies import Reply
@@ -52,7 +53,7 @@ from mailserver.smtp.session import (
     refusal,
 )
 from mailserver.spool import Spool
-from mailserver.tcp import plaintext_allowed
+from mailserver.tcp import PLAINTEXT_POLICIES, plaintext_allowed
 from mailserver.tls import describe_connection
 
 log = Logger()
@@ -91,6 +92,8 @@ class SMTPServerFactory(Factory):
     ) -> None:
         if policy.auth and logins is None:
             raise ValueError("a policy offering AUTH needs a login checker")
+        if plaintext_auth not in PLAINTEXT_POLICIES:
+            raise ValueError(f"plaintext_auth must be one of {PLAINTEXT_POLICIES}")
         self.tls = tls
         self.logins = logins
         self.plaintext_auth = plaintext_auth
@@ -144,7 +147,7 @@ def _discard(data: bytes) -> None:
 
 class SMTPServerProtocol(LineServerProtocol):
     def __init__(self, factory: SMTPServerFactory) -> None:
-        super().__init__(factory.limiter)
+        super().__init__(factory.limiter, factory.reactor)
         self.factory = factory
         self._content: _Content | None = None
         self._deadline = Deadline(factory.reactor, self._timed_out)
@@ -187,7 +190,8 @@ class SMTPServerProtocol(LineServerProtocol):
         self._cancel_timer()
         if self._login_check is not None:
             self._login_check.cancel()
-        if self._content is not None and not self._waiting:
+        if self._content is not None:
+            # Not yet handed to the store (delivery takes it over before waiting).
             self._content.release()
         self._content = None
 
@@ -297,33 +301,35 @@ class SMTPServerProtocol(LineServerProtocol):
         refused = refusal(outcome)
         if refused is not None:
             self._reject_content(content, refused, transaction)
-        elif isinstance(outcome, Deliver):
-            transaction = outcome.transaction
-            events.message_received(
-                id=transaction.id,
-                client=self._client,
-                helo=self._session.helo,
-                sender=str(transaction.sender or ""),
-                recipients=[str(r) for r in transaction.recipients],
-                size=summary.size,
-            )
         self._arm_timer(self.factory.timeouts.command)
         self._perform(outcome)
 
     def _reject_content(
         self, content: _Content, reply: Reply, transaction: Transaction | None
     ) -> None:
+        self._log_rejection(reply, transaction)
+        content.release()
+        self._content = None
+
+    def _log_rejection(
+        self,
+        reply: Reply,
+        transaction: Transaction | None,
+        recipient: str | None = None,
+        sender: str | None = None,
+        detail: str = "",
+    ) -> None:
+        if transaction is not None:
+            sender = str(transaction.sender or "")
         events.message_rejected(
             id=transaction.id if transaction else None,
             client=self._client,
-            sender=str(transaction.sender or "") if transaction else None,
-            recipient=None,
+            sender=sender,
+            recipient=recipient,
             code=reply.code,
             enhanced=reply.enhanced,
-            reason=reply.text,
+            reason=reply.text + detail,
         )
-        content.release()
-        self._content = None
 
     # -- carrying out outcomes ------------------------------------------------------------
 
@@ -377,14 +383,12 @@ class SMTPServerProtocol(LineServerProtocol):
             outcome = self._session.ownership_checked(results)
             refused = refusal(outcome)
             if refused is not None:
-                events.message_rejected(
-                    id=transaction.id if transaction else None,
-                    client=self._client,
-                    sender=str(transaction.sender or "") if transaction else None,
-                    recipient=None,
-                    code=refused.code,
-                    enhanced=refused.enhanced,
-                    reason=f"{refused.text}: {', '.join(map(str, action.addresses))}",
+                # Without a transaction it was the envelope sender that was checked.
+                self._log_rejection(
+                    refused,
+                    transaction,
+                    sender=str(action.addresses[0]),
+                    detail=f": {', '.join(map(str, action.addresses))}",
                 )
             self._drop_abandoned_content()
             return outcome
@@ -405,15 +409,8 @@ class SMTPServerProtocol(LineServerProtocol):
             outcome = self._session.recipient_checked(lookup)
             refused = refusal(outcome)
             if refused is not None:
-                transaction = self._session.transaction
-                events.message_rejected(
-                    id=transaction.id if transaction else None,
-                    client=self._client,
-                    sender=str(transaction.sender or "") if transaction else None,
-                    recipient=str(action.recipient),
-                    code=refused.code,
-                    enhanced=refused.enhanced,
-                    reason=refused.text,
+                self._log_rejection(
+                    refused, self._session.transaction, recipient=str(action.recipient)
                 )
             return outcome
 
@@ -454,11 +451,37 @@ class SMTPServerProtocol(LineServerProtocol):
         self._content = None
         transaction = action.transaction
         size = content.inspector.size
+        events.message_received(
+            id=transaction.id,
+            client=self._client,
+            helo=self._session.helo,
+            sender=str(transaction.sender or ""),
+            recipients=[str(r) for r in transaction.recipients],
+            size=size,
+        )
+        queued = None
+        if transaction.remote:
+            queued = QueueRecord.for_transaction(
+                id=transaction.id,
+                sender=str(transaction.sender or ""),
+                recipients=transaction.remote,
+                created=self.factory.reactor.seconds(),
+                size=content.spool.size,
+                body_8bit=transaction.body_8bit,
+                smtputf8=transaction.smtputf8,
+                envid=transaction.envid,
+                ret=transaction.ret,
+            )
 
         def delivered(name: str) -> Reply:
-            events.message_delivered(
-                id=transaction.id, mailboxes=transaction.mailboxes, size=size, name=name
-            )
+            if transaction.mailboxes:
+                events.message_delivered(
+                    id=transaction.id, mailboxes=transaction.mailboxes, size=size, name=name
+                )
+            if queued is not None:
+                events.message_queued(
+                    id=transaction.id, recipients=[r.address for r in transaction.remote]
+                )
             return self._session.delivery_finished(None)
 
         def failed(failure: Failure) -> Reply:
@@ -476,7 +499,7 @@ class SMTPServerProtocol(LineServerProtocol):
             return self._session.delivery_finished(reply)
 
         self._wait_for(
-            self.factory.store.deliver(content.spool, transaction.mailboxes).addCallbacks(
+            self.factory.store.deliver(content.spool, transaction.mailboxes, queued).addCallbacks(
                 delivered, failed
             )
         )

@@ -23,7 +23,11 @@ Security and policy (RFC 3207, RFC 4954, RFC 6409):
   from addresses that deliver to their own mailbox (their address, aliases, subaddresses),
   checked for the envelope sender at MAIL and, if the policy says so, for the From header at
   the end of the data; and may send to any domain. Without authentication, mail is accepted
-  only for our own domains: never a relay.
+  only for our own domains: never a relay. Authenticated users' mail for other domains goes
+  to the outbound queue.
+
+DSN (RFC 3461): RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT are checked here and carried
+with the transaction into the queue.
 """
 
 from __future__ import annotations
@@ -34,16 +38,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
-from mailserver import sasl
+from mailserver import sasl, xtext
 from mailserver.address import AddressError, Mailbox, parse_address_literal, parse_path
-from mailserver.interfaces import Lookup, RecipientLookup
+from mailserver.interfaces import Lookup, OutboundRecipient, RecipientLookup
 from mailserver.sasl import Credentials
 from mailserver.smtp import replies
-from mailserver.smtp.data import ContentSummary, authors_of
+from mailserver.smtp.data import AuthorError, ContentSummary, authors_of
 from mailserver.smtp.replies import Reply
 
-MAX_COMMAND_LINE = 512  # octets including CRLF, RFC 5321 §4.5.3.1.4
+# Octets including CRLF: RFC 5321 §4.5.3.1.4's 512, raised by the 500 that RFC 3461 §5 adds for
+# ORCPT (which also covers its 100 for ENVID and RFC 4954 §5's 500 for AUTH= on MAIL).
+MAX_COMMAND_LINE = 512 + 500
 MAX_AUTH_LINE = 12288  # octets including CRLF, RFC 4954 §4
+MAX_ENVID = 100  # RFC 3461 §4.4
+MAX_ORCPT = 500  # RFC 3461 §4.2
+NOTIFY_CONDITIONS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
 # HELO/EHLO argument: a domain (underscores tolerated, as real clients send them) or literal.
 _HELO_DOMAIN = re.compile(
@@ -124,6 +133,9 @@ class Transaction:
     body_8bit: bool
     recipients: list[Mailbox] = field(default_factory=list)
     mailboxes: list[str] = field(default_factory=list)
+    remote: list[OutboundRecipient] = field(default_factory=list)  # for the outbound queue
+    ret: str | None = None  # RFC 3461 §4.3
+    envid: str | None = None  # RFC 3461 §4.4, decoded
 
     def add_mailboxes(self, mailboxes: tuple[str, ...]) -> None:
         for mailbox in mailboxes:
@@ -244,6 +256,7 @@ class SMTPSession:
         self._auth_failures = 0
         self._exchange: sasl.Exchange | None = None  # SASL exchange waiting for a response
         self._pending_recipient: Mailbox | None = None
+        self._pending_dsn: tuple[frozenset[str] | None, str | None] = (None, None)
         self._pending_sender: Transaction | None = None  # MAIL waiting for CheckOwnership
         self._checking_authors = False
         self._content_started = False
@@ -352,9 +365,12 @@ class SMTPSession:
             self.state = State.RCPT
             return replies.RECIPIENT_OK
         if lookup.outcome is Lookup.NOT_OUR_DOMAIN and self.user is not None:
-            # RFC 6409 §3.3: an authenticated user may send anywhere; the outbound queue that
-            # would carry it is not part of this server yet, so "later", never a silent drop.
-            return replies.REMOTE_DELIVERY_UNAVAILABLE
+            # RFC 6409 §3.3: an authenticated user may send anywhere, through the queue.
+            notify, orcpt = self._pending_dsn
+            transaction.recipients.append(recipient)
+            transaction.remote.append(OutboundRecipient(str(recipient), notify, orcpt))
+            self.state = State.RCPT
+            return replies.RECIPIENT_OK
         refusal = {
             Lookup.NOT_OUR_DOMAIN: replies.RELAY_DENIED,
             Lookup.NO_SUCH_USER: replies.NO_SUCH_USER,
@@ -379,10 +395,13 @@ class SMTPSession:
             self.state = State.BDAT
             return replies.CHUNK_OK.with_text(f"{summary.size} octets received")
         if self.user is not None and self.policy.check_from_header:
-            authors = authors_of(summary.header)
-            if authors is None:
+            try:
+                authors = authors_of(summary.header, whole_message=summary.whole_message_kept)
+            except AuthorError as error:
                 self._end_transaction()
-                return self._error(replies.NO_AUTHOR)
+                return self._error(
+                    replies.UNCHECKABLE_AUTHOR.with_text(f"Message refused: {error}")
+                )
             self._checking_authors = True
             return CheckOwnership(authors)
         return Deliver(transaction)
@@ -516,6 +535,7 @@ class SMTPSession:
             "ENHANCEDSTATUSCODES",  # RFC 2034
             "SMTPUTF8",  # RFC 6531
             "CHUNKING",  # RFC 3030
+            "DSN",  # RFC 3461
         ]
         if self._starttls and not self.encrypted:
             extensions.append("STARTTLS")  # RFC 3207
@@ -542,6 +562,8 @@ class SMTPSession:
     def _auth(self, argument: str) -> Outcome:
         if not self.policy.auth:
             return self._error(replies.NOT_IMPLEMENTED)
+        if not self.esmtp:
+            return self._error(replies.NEED_EHLO)  # AUTH is an extension: EHLO offers it
         if self.user is not None:
             return self._error(replies.ALREADY_AUTHENTICATED)  # RFC 4954 §4
         words = argument.split()
@@ -557,9 +579,8 @@ class SMTPSession:
         exchange = sasl.Exchange(mechanism)
         initial = None
         if len(words) == 2:
-            # RFC 4954 §4: an initial response; "=" stands for an empty one.
             try:
-                initial = b"" if words[1] == "=" else sasl.decode_response(words[1].encode())
+                initial = sasl.decode_initial_response(words[1])  # RFC 4954 §4
             except sasl.SASLError:
                 return self._error(replies.BAD_AUTH_RESPONSE)
         return self._sasl_step(exchange, lambda: exchange.start(initial))
@@ -568,7 +589,7 @@ class SMTPSession:
         exchange = self._exchange
         assert exchange is not None
         self._exchange = None
-        if line == b"*":
+        if line == sasl.CANCEL:
             return self._error(replies.AUTH_CANCELLED)  # RFC 4954 §4: 501
         try:
             response = sasl.decode_response(line)
@@ -600,6 +621,8 @@ class SMTPSession:
             return self._error(replies.AUTH_REQUIRED)  # RFC 6409 §4.3, RFC 4954 §6
         smtputf8 = False
         body_8bit = False
+        ret: str | None = None
+        envid: str | None = None
         for keyword, value in params.items():
             if keyword == "SIZE" and self.esmtp:
                 if value is None or not _is_number(value):
@@ -614,6 +637,16 @@ class SMTPSession:
                 smtputf8 = True
             elif keyword == "AUTH" and self._auth_offered() and value is not None:
                 pass  # RFC 4954 §5: accepted; we do not relay the identity it claims
+            elif keyword == "RET" and self.esmtp:
+                if value is None or value.upper() not in {"FULL", "HDRS"}:
+                    return self._error(
+                        replies.BAD_DSN_PARAMETER.with_text("RET must be FULL or HDRS")
+                    )
+                ret = value.upper()
+            elif keyword == "ENVID" and self.esmtp:
+                envid = _decode_xtext(value, MAX_ENVID)
+                if envid is None:
+                    return self._error(replies.BAD_DSN_PARAMETER.with_text("Bad ENVID"))
             else:
                 return self._error(replies.UNKNOWN_PARAMETER)
         try:
@@ -623,7 +656,12 @@ class SMTPSession:
         if sender is not None and not sender.is_ascii and not smtputf8:
             return self._error(replies.NEEDS_SMTPUTF8)  # RFC 6531 §3.5
         transaction = Transaction(
-            id=self._new_id(), sender=sender, smtputf8=smtputf8, body_8bit=body_8bit
+            id=self._new_id(),
+            sender=sender,
+            smtputf8=smtputf8,
+            body_8bit=body_8bit,
+            ret=ret,
+            envid=envid,
         )
         if self.user is not None and sender is not None:
             self._pending_sender = transaction
@@ -640,8 +678,9 @@ class SMTPSession:
         params = _parse_parameters(parameters)
         if params is None:
             return self._error(replies.SYNTAX_ERROR)
-        if params:
-            return self._error(replies.UNKNOWN_PARAMETER)
+        dsn = self._recipient_dsn(params)
+        if isinstance(dsn, Reply):
+            return self._error(dsn)
         if path.lower() == "<postmaster>":
             path = f"<{self.policy.postmaster}>"  # §4.1.1.3: must be accepted without domain
         try:
@@ -658,7 +697,32 @@ class SMTPSession:
         if recipient.is_address_literal:
             return self._error(replies.RELAY_DENIED)
         self._pending_recipient = recipient
+        self._pending_dsn = dsn
         return CheckRecipient(recipient)
+
+    def _recipient_dsn(
+        self, params: dict[str, str | None]
+    ) -> tuple[frozenset[str] | None, str | None] | Reply:
+        """NOTIFY and ORCPT (RFC 3461 §4.1, §4.2), the only RCPT parameters we know."""
+        notify: frozenset[str] | None = None
+        orcpt: str | None = None
+        for keyword, value in params.items():
+            if keyword == "NOTIFY" and self.esmtp:
+                conditions = frozenset((value or "").upper().split(","))
+                if conditions != {"NEVER"} and not conditions <= NOTIFY_CONDITIONS:
+                    return replies.BAD_DSN_PARAMETER.with_text(
+                        "NOTIFY must be NEVER, or some of SUCCESS, FAILURE and DELAY"
+                    )
+                notify = conditions
+            elif keyword == "ORCPT" and self.esmtp:
+                kind, semicolon, address = (value or "").partition(";")
+                decoded = _decode_xtext(address, MAX_ORCPT) if semicolon else None
+                if not kind or decoded is None:
+                    return replies.BAD_DSN_PARAMETER.with_text("ORCPT must be type;address")
+                orcpt = f"{kind.lower()};{decoded}"
+            else:
+                return replies.UNKNOWN_PARAMETER
+        return notify, orcpt
 
     def _data(self, argument: str) -> Outcome:
         if argument.strip():
@@ -733,6 +797,16 @@ class SMTPSession:
         "STARTTLS": _starttls_command,
         "AUTH": _auth,
     }
+
+
+def _decode_xtext(value: str | None, limit: int) -> str | None:
+    """An xtext parameter value (RFC 3461 §4), decoded; None when missing, too long or bad."""
+    if not value or len(value) > limit:
+        return None
+    try:
+        return xtext.decode(value)
+    except xtext.XtextError:
+        return None
 
 
 def _valid_helo(name: str) -> bool:

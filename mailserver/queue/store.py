@@ -1,0 +1,183 @@
+"""The outbound queue on disk: ``<data_dir>/queue/<id>.msg`` and ``<id>.json``.
+
+The message file is the spooled message itself, hard-linked into place like a Maildir
+delivery; the record (:mod:`mailserver.queue.record`) is written beside it. Both are made
+durable in the same batch as any local delivery of the same message (see
+:class:`mailserver.maildir.MaildirStore`), before the client hears 250: a message is queued
+once and for all, or not at all. Afterwards the record is replaced atomically after each
+attempt, and removed (before the message file) once no recipient is pending.
+
+At start-up :meth:`QueueStore.load_blocking` reads every record back. A record that cannot
+be read, or whose message file is missing, and a message file without a record, are moved
+to ``queue/corrupt/`` and reported: the rest of the queue keeps flowing, and nothing an
+operator might want is deleted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from mailserver import durable
+from mailserver.queue.record import QueueRecord, RecordError
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+MESSAGE_SUFFIX = ".msg"
+RECORD_SUFFIX = ".json"
+
+
+def queue_directory(data_dir: Path) -> Path:
+    return data_dir / "queue"
+
+
+@dataclass
+class LoadResult:
+    """What was found at start-up: the records, and one line per problem set aside."""
+
+    records: list[QueueRecord] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+class QueueStore:
+    """Files of the outbound queue. Methods ending in ``_blocking`` block (call them from a
+    worker thread, or from the admin command); the others return Deferreds."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        reactor: IReactorFromThreads | None = None,
+        pool: ThreadPool | None = None,
+    ) -> None:
+        self.directory = queue_directory(data_dir)
+        self.corrupt_directory = self.directory / "corrupt"
+        self._reactor = reactor
+        self._pool = pool
+
+    def message_path(self, id: str) -> Path:
+        return self.directory / f"{id}{MESSAGE_SUFFIX}"
+
+    def record_path(self, id: str) -> Path:
+        return self.directory / f"{id}{RECORD_SUFFIX}"
+
+    # -- queuing, inside a committer job (blocking) ---------------------------------------
+
+    def stage(self, record: QueueRecord) -> tuple[Path, int]:
+        """Write the record under a temporary name; the committer flushes the descriptor."""
+        durable.ensure_directory(self.directory)
+        return durable.write_temporary(self.record_path(record.id), record.to_json())
+
+    def publish(self, source: Path, record: QueueRecord, staged: Path) -> Path:
+        """Link the flushed message into the queue and give the staged record its name; the
+        message first, so a record never names a missing file. Returns the directory to flush."""
+        message = self.message_path(record.id)
+        durable.link(source, message)
+        try:
+            durable.replace(staged, self.record_path(record.id))
+        except BaseException:
+            durable.remove_quietly(message)
+            raise
+        return self.directory
+
+    def withdraw(self, id: str) -> None:
+        """Take back a message whose queuing failed before it was acknowledged."""
+        durable.remove_quietly(self.record_path(id))
+        durable.remove_quietly(self.message_path(id))
+
+    # -- the runner's side --------------------------------------------------------------------
+
+    def load(self) -> Deferred[LoadResult]:
+        return self._in_thread(self.load_blocking)
+
+    def save(self, record: QueueRecord) -> Deferred[None]:
+        return self._in_thread(self.save_blocking, record)
+
+    def remove(self, id: str) -> Deferred[None]:
+        return self._in_thread(self.remove_blocking, id)
+
+    def read_new(self, known: frozenset[str]) -> Deferred[list[QueueRecord]]:
+        """The records whose ids are not in ``known``; one not readable yet (being written,
+        or damaged) is left for a later look, or for the next start-up."""
+
+        def read() -> list[QueueRecord]:
+            records = []
+            for id in self.ids_blocking():
+                if id not in known:
+                    try:
+                        records.append(self.read_blocking(id))
+                    except (OSError, RecordError):
+                        continue
+            return records
+
+        return self._in_thread(read)
+
+    def load_blocking(self) -> LoadResult:
+        result = LoadResult()
+        durable.ensure_directory(self.directory)
+        names = {entry.name for entry in os.scandir(self.directory) if entry.is_file()}
+        for name in sorted(names):
+            if name.startswith(".") and name.endswith(".tmp"):
+                durable.remove_quietly(self.directory / name)  # a record never published
+        for name in sorted(names):
+            id, suffix = os.path.splitext(name)
+            if suffix == MESSAGE_SUFFIX and f"{id}{RECORD_SUFFIX}" not in names:
+                result.problems.append(self._set_aside(id, "message file without a record"))
+            elif suffix == RECORD_SUFFIX:
+                if f"{id}{MESSAGE_SUFFIX}" not in names:
+                    result.problems.append(self._set_aside(id, "record without a message file"))
+                    continue
+                try:
+                    record = self.read_blocking(id)
+                except (OSError, RecordError) as error:
+                    result.problems.append(self._set_aside(id, str(error)))
+                    continue
+                result.records.append(record)
+        result.records.sort(key=lambda record: record.created)
+        return result
+
+    def read_blocking(self, id: str) -> QueueRecord:
+        record = QueueRecord.from_json(self.record_path(id).read_bytes())
+        if record.id != id:
+            raise RecordError(f"record names message {record.id!r}, not {id!r}")
+        return record
+
+    def ids_blocking(self) -> list[str]:
+        """The ids of the queued messages, oldest name first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(
+            name[: -len(RECORD_SUFFIX)]
+            for name in os.listdir(self.directory)
+            if name.endswith(RECORD_SUFFIX) and not name.startswith(".")
+        )
+
+    def save_blocking(self, record: QueueRecord) -> None:
+        durable.write_atomically(self.record_path(record.id), record.to_json())
+
+    def remove_blocking(self, id: str) -> None:
+        # The record goes first: a message file left alone by a crash is set aside at start-up,
+        # never delivered a second time.
+        durable.remove_durably([self.record_path(id), self.message_path(id)])
+
+    def _set_aside(self, id: str, reason: str) -> str:
+        durable.ensure_directory(self.corrupt_directory)
+        for path in (self.record_path(id), self.message_path(id)):
+            if path.exists():
+                durable.replace(path, self.corrupt_directory / path.name)
+        durable.fsync_directories([self.directory, self.corrupt_directory])
+        return f"queue entry {id} moved to {self.corrupt_directory}: {reason}"
+
+    def _in_thread(
+        self, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> Deferred[_T]:
+        assert self._reactor is not None and self._pool is not None, "no thread pool given"
+        return deferToThreadPool(self._reactor, self._pool, function, *args, **kwargs)
