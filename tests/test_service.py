@@ -26,6 +26,8 @@ from mailserver import service
 from mailserver.config import EMBEDDED_DEFAULT, Config, load_config, parse_config
 from mailserver.limits import Admission
 from mailserver.listeners import ListenerService
+from mailserver.maildir import MaildirStore
+from mailserver.queue.runner import QueueRunner
 from mailserver.smtp.server import SMTPServerFactory
 from mailserver.spool import STALE_AFTER
 from mailserver.tls import ServerTLS, TLSFiles, write_self_signed
@@ -386,3 +388,36 @@ def test_sighup_reloads_every_tls_context(certificate: TLSFiles) -> None:
     finally:
         contexts.stopService()
     assert signal.getsignal(signal.SIGHUP) == before
+
+
+# --- Outbound delivery.
+
+
+def test_outbound_queue_runner_is_wired_to_the_store(tmp_path: Path) -> None:
+    """The twistd process runs one queue runner, told of every message the store queues."""
+    top = make_service_for(tmp_path, MemoryReactorClock())
+    [runner] = [child for child in top if isinstance(child, QueueRunner)]
+    [listener, _] = listeners(top)
+    assert isinstance(listener.factory, SMTPServerFactory)
+    store = listener.factory.store
+    assert isinstance(store, MaildirStore)
+    assert store.queued_observer == runner.add
+
+
+def test_worker_processes_run_no_queue_runner(tmp_path: Path) -> None:
+    """Worker processes queue into the same directory but leave delivery to the twistd
+    process, whose runner finds their messages there."""
+    top, _ = service.make_worker_service(make_config(tmp_path), MemoryReactorClock())
+    assert not any(isinstance(child, QueueRunner) for child in top)
+
+
+def test_our_addresses_are_the_mx_listeners_on_the_mx_port() -> None:
+    """Loop detection knows the addresses our SMTP listeners answer on at the MX port only."""
+    listen = (
+        "tcp:25",
+        "tcp:25:interface=192.0.2.1",
+        "tcp6:25:interface=\\:\\:1",
+        "tcp:2525:interface=127.0.0.1",
+        "unix:/run/smtp.sock",
+    )
+    assert service._our_addresses(listen, 25) == ["0.0.0.0", "192.0.2.1", "::1"]
