@@ -515,6 +515,7 @@ class OutboundConfig:
     delay_notice: float = _setting(4 * 3600.0, _duration)
     lifetime: float = _setting(5 * 86400.0, _duration)
     max_connections: int = _setting(20, _int_between(1, 1000))
+    max_connections_per_domain: int = _setting(5, _int_between(1, 1000))
     connect_timeout: float = _setting(30.0, _duration)
 
 
@@ -640,6 +641,12 @@ def _check_outbound(config: Config, problems: _Problems) -> None:
     outbound = config.outbound
     if outbound.retry_max < outbound.retry_initial:
         problems.add("outbound.retry_max", "is shorter than outbound.retry_initial")
+    if outbound.max_connections_per_domain > outbound.max_connections:
+        problems.add(
+            "outbound.max_connections_per_domain",
+            f"{outbound.max_connections_per_domain} is more than outbound.max_connections "
+            f"({outbound.max_connections})",
+        )
     if outbound.lifetime <= outbound.retry_initial:
         problems.add("outbound.lifetime", "must be longer than outbound.retry_initial")
     if bool(outbound.smarthost_login) != bool(outbound.smarthost_password_file):

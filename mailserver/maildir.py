@@ -139,11 +139,13 @@ class _Delivery:
 class MaildirStore:
     """Delivers into Maildirs under ``data_dir``; durability comes from the group committer."""
 
-    def __init__(self, data_dir: Path, hostname: str, committer: Committer) -> None:
+    def __init__(
+        self, data_dir: Path, hostname: str, committer: Committer, queue: QueueStore | None = None
+    ) -> None:
         self._data_dir = data_dir
         self._committer = committer
         self.names = UniqueNames(hostname)
-        self.queue = QueueStore(data_dir)
+        self.queue = queue if queue is not None else QueueStore(data_dir, committer=committer)
         self._known_maildirs: set[Path] = set()
         # Told of each message once it is queued durably (the queue runner, in the process
         # that runs one).

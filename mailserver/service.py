@@ -30,6 +30,7 @@ from mailserver.limits import ConnectionLimiter
 from mailserver.listeners import ListenerService, split_tls_listener
 from mailserver.logins import LoginChecker
 from mailserver.maildir import MaildirStore
+from mailserver.queue.store import QueueStore
 from mailserver.smtp.server import SMTPServerFactory, Timeouts
 from mailserver.smtp.session import SessionPolicy
 from mailserver.spool import clean_stale
@@ -204,7 +205,12 @@ def _smtp_receiving(
         policy=_smtp_policy(config, submission=False),
         timeouts=Timeouts(command=smtp.command_timeout, data=smtp.data_timeout),
         users=users,
-        store=MaildirStore(data_dir, config.server.hostname, committer),
+        store=MaildirStore(
+            data_dir,
+            config.server.hostname,
+            committer,
+            QueueStore(data_dir, reactor, pool, committer),
+        ),
         spool_directory=spool_directory(data_dir),
         limiter=ConnectionLimiter(smtp.max_connections, smtp.max_connections_per_client),
         reactor=reactor,
@@ -294,7 +300,6 @@ def _outbound_delivery(
     from mailserver.queue.notify import Notifier
     from mailserver.queue.runner import QueueRunner
     from mailserver.queue.schedule import RetryPolicy
-    from mailserver.queue.store import QueueStore
     from mailserver.routing import Route, Router, make_resolver
     from mailserver.smtp.client_session import ClientSettings, ClientTimeouts
 
@@ -342,12 +347,13 @@ def _outbound_delivery(
         policy,
     )
     runner = QueueRunner(
-        QueueStore(config.server.data_dir, reactor, pool),
+        store.queue,
         SMTPCourier(router, settings, reactor, pool),
         notifier,
         reactor,
         policy,
-        max_domains=outbound.max_connections,
+        max_connections=outbound.max_connections,
+        per_domain=outbound.max_connections_per_domain,
     )
     store.queued_observer = runner.add
     runner.setServiceParent(top)

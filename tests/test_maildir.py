@@ -23,25 +23,16 @@ from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from mailserver import durable
-from mailserver.committer import Job, PendingJob, commit_batch
-from mailserver.interfaces import IMailStore, StorageFull
+from mailserver.interfaces import IMailStore, OutboundRecipient, StorageFull
 from mailserver.maildir import MaildirStore, UniqueNames, maildir_path
 from mailserver.memory import MemoryMailStore
+from mailserver.queue.record import QueueRecord
 from mailserver.spool import Spool
+from tests.immediate import SynchronousCommitter
 
 HOSTNAME = "mx.ours.example"
 MESSAGE = b"Return-Path: <a@b.example>\r\nSubject: hi\r\n\r\nHello.\r\n"
 NAME = re.compile(r"(\d+)\.M(\d{1,6})P(\d+)Q(\d+)\.(.+),S=(\d+)")
-
-
-class SynchronousCommitter:
-    """Runs each submitted job at once, as a batch of one, with the real commit logic."""
-
-    def submit(self, job: Job[Any]) -> Deferred[Any]:
-        pending = PendingJob(job, Deferred())
-        commit_batch([pending])
-        pending.fire()
-        return pending.deferred
 
 
 def result_of(deferred: Deferred[Any]) -> Any:
@@ -234,6 +225,52 @@ def test_unexpected_error_removes_copies(
     assert isinstance(failure, Failure) and failure.check(ValueError)
     assert new_files(data_dir) == []
     assert list(spool_dir.iterdir()) == []
+
+
+def queued_record(size: int = len(MESSAGE)) -> QueueRecord:
+    return QueueRecord.for_transaction(
+        id="Q1",
+        sender="alice@ours.example",
+        recipients=[OutboundRecipient("bob@elsewhere.example")],
+        created=1.0,
+        size=size,
+    )
+
+
+def test_local_copies_and_the_queued_one_in_one_step(
+    store: MaildirStore, data_dir: Path, spool_dir: Path
+) -> None:
+    """A message for a local mailbox and for another domain is one file: linked into new/
+    and into the queue beside its record, and the store's observer hears of it."""
+    heard: list[QueueRecord] = []
+    store.queued_observer = heard.append
+    record = queued_record()
+    result_of(store.deliver(spooled(spool_dir), ["alice@ours.example"], record))
+    [local] = new_files(data_dir)
+    queued = store.queue.message_path("Q1")
+    assert queued.stat().st_ino == local.stat().st_ino
+    assert store.queue.read_blocking("Q1") == record
+    assert heard == [record]
+    assert sorted(path.name for path in store.queue.directory.iterdir()) == ["Q1.json", "Q1.msg"]
+
+
+def test_failed_flush_takes_the_queued_copy_back(
+    store: MaildirStore, data_dir: Path, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the directories cannot be made durable, neither the local copy nor the queued one
+    stays, and nobody is told of the queued message."""
+    heard: list[QueueRecord] = []
+    store.queued_observer = heard.append
+
+    def broken(paths: object) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(durable, "fsync_directory", broken)
+    failure = result_of(store.deliver(spooled(spool_dir), ["alice@ours.example"], queued_record()))
+    assert isinstance(failure, Failure) and failure.check(OSError)
+    assert new_files(data_dir) == []
+    assert list(store.queue.directory.iterdir()) == []
+    assert heard == []
 
 
 def test_names_are_unique_per_delivery(

@@ -78,14 +78,21 @@ class RecordingNotifier:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, per_domain: int = 1, batch: int = 50) -> None:
         self.clock = MemoryReactorClock()
         self.clock.advance(1000)
         self.store = QueueStore(tmp_path, ImmediateReactor(), ImmediateThreadPool())  # type: ignore[arg-type]
         self.courier = ScriptedCourier()
         self.notifier = RecordingNotifier()
         self.runner = QueueRunner(
-            self.store, self.courier, self.notifier, self.clock, POLICY, max_domains=2
+            self.store,
+            self.courier,
+            self.notifier,
+            self.clock,
+            POLICY,
+            max_connections=2,
+            per_domain=per_domain,
+            batch=batch,
         )
 
     def queue(self, id: str, *recipients: str) -> QueueRecord:
@@ -232,3 +239,64 @@ def test_restart_keeps_what_was_learnt(tmp_path: Path) -> None:
     again.advance(50)
     assert again.courier.calls == [("e.example", [["x@e.example"]])]
     assert again.runner.records == {}
+
+
+def test_busy_domain_gets_several_connections_each_with_a_batch(tmp_path: Path) -> None:
+    """Many messages for one domain are spread over up to per_domain connections, each
+    carrying at most a batch of messages; the rest wait for a connection to finish."""
+    harness = Harness(tmp_path, per_domain=2, batch=2)
+    harness.courier.hold = True
+    for number in range(5):
+        harness.queue(f"M{number}", f"x{number}@e.example")
+    harness.start()
+    assert [len(messages) for _, messages in harness.courier.calls] == [2, 2]
+    harness.courier.release()
+    assert [len(messages) for _, messages in harness.courier.calls] == [2, 2, 1]
+    harness.courier.release()
+    assert files(harness.store.directory) == []
+
+
+def test_large_queue_costs_little_per_event(tmp_path: Path) -> None:
+    """Many waiting messages: adding and delivering more does not walk them all (scheduling
+    works from a heap), so it stays quick."""
+    import time
+
+    harness = Harness(tmp_path)
+    for number in range(500):
+        address = f"x{number}@e{number}.example"
+        harness.courier.script[address] = [(DeliveryOutcome.TRANSIENT, LATER)]
+        harness.queue(f"M{number}", address)
+    harness.start()
+    harness.advance(30)  # everything tried once, now waiting for its retry
+    calls = len(harness.courier.calls)
+    assert calls == 500
+    start = time.perf_counter()
+    for number in range(200):
+        harness.runner.add(harness.queue(f"N{number}", f"y{number}@new.example"))
+    assert time.perf_counter() - start < 5
+    assert len(harness.courier.calls) > calls
+
+
+def test_finished_message_is_not_read_back_from_disk(tmp_path: Path) -> None:
+    """A message delivered while its files are still being removed is not taken for a new
+    one by the look at the queue directory, and never delivered twice."""
+    harness = Harness(tmp_path)
+    harness.start()
+    removals: list[Deferred[None]] = []
+
+    def slow_remove(id: str) -> Deferred[None]:
+        waiting: Deferred[None] = Deferred()
+        removals.append(waiting)
+        waiting.addCallback(lambda _: harness.store.remove_blocking(id))
+        return waiting
+
+    harness.store.remove = slow_remove  # type: ignore[method-assign]
+    harness.runner.add(harness.queue("A", "x@e.example"))
+    assert len(harness.courier.calls) == 1
+    harness.advance(1)  # the poll sees the directory change while A's files are still there
+    harness.advance(1)
+    assert len(harness.courier.calls) == 1
+    removals[0].callback(None)
+    harness.advance(5)
+    assert len(harness.courier.calls) == 1
+    assert files(harness.store.directory) == []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mailserver.queue.record import RecipientState
 from mailserver.queue.store import QueueStore
-from tests.immediate import ImmediateReactor, ImmediateThreadPool
+from tests.immediate import ImmediateReactor, ImmediateThreadPool, SynchronousCommitter
 from tests.queue_helpers import MESSAGE, files, queue_message
 
 
@@ -76,4 +76,17 @@ def test_withdraw_after_failed_queuing(tmp_path: Path) -> None:
     queue_message(store, "A1", ["x@e.example"])
     store.withdraw("A1")
     assert store.ids_blocking() == []
+    assert files(store.directory) == []
+
+
+def test_saves_and_removals_through_the_committer(tmp_path: Path) -> None:
+    """With a group committer, a save is a flushed temporary file renamed into place and a
+    removal takes both files; no temporary file is left either way."""
+    store = QueueStore(tmp_path, committer=SynchronousCommitter())
+    record = queue_message(store, "A1", ["x@e.example"])
+    record.recipients[0].attempts = 4
+    store.save(record)
+    assert store.read_blocking("A1").recipients[0].attempts == 4
+    assert files(store.directory) == ["A1.json", "A1.msg"]
+    store.remove("A1")
     assert files(store.directory) == []

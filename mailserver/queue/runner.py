@@ -1,14 +1,17 @@
 """The queue runner: hands due messages to the courier, records the outcome, notifies senders.
 
 It knows nothing about SMTP. Every queued record lives in memory (a few hundred bytes each)
-with its message on disk; a timer on the injected clock wakes the runner when the earliest
-pending recipient is due. Due recipients are grouped by destination domain, and each domain
-gets one courier call at a time (one connection, several messages), with at most
-``max_domains`` calls at once: a bounded number of connections per destination and overall.
+with its message on disk. Records wait in a heap ordered by when they next need attention (a
+recipient due, or a delay notice due); a timer on the injected clock wakes the runner for the
+earliest. A record whose recipients are due joins its domains' ready lists, and each domain
+gets at most ``per_domain`` courier calls at a time (one connection each, up to ``batch``
+messages over it), with at most ``max_connections`` calls overall: a bounded number of
+connections per destination and overall. Nothing here walks the whole queue per event, so a
+queue of ten thousand messages costs no more per delivery than a queue of ten.
 
-After each attempt the record is saved atomically before anything else happens, so a crash
-loses at most the knowledge of that attempt: a delivery may then be repeated (at worst a
-duplicate), never dropped. Records finished (no recipient pending) are removed.
+After each attempt the record is saved atomically before notices go out or files are removed,
+so a crash loses at most the knowledge of that attempt: a delivery may then be repeated (at
+worst a duplicate), never dropped. Records finished (no recipient pending) are removed.
 
 New messages arrive from the mail store (:meth:`QueueRunner.add`), and from other processes
 through the queue directory, which is looked at every ``poll_interval`` seconds; so are the
@@ -17,6 +20,8 @@ commands of ``mailserver queue`` (:mod:`mailserver.queue.control`).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import random
 from collections.abc import Sequence
@@ -45,6 +50,8 @@ from mailserver.queue.store import LoadResult, QueueStore
 
 log = Logger()
 
+Batch = list[tuple[QueueRecord, list[QueuedRecipient]]]
+
 
 class Notifier(Protocol):
     """Sends delivery status notifications (:class:`mailserver.queue.notify.Notifier`)."""
@@ -60,7 +67,9 @@ class QueueRunner(Service):
         notifier: Notifier,
         clock: IReactorTime,
         policy: RetryPolicy | None = None,
-        max_domains: int = 20,
+        max_connections: int = 20,
+        per_domain: int = 5,
+        batch: int = 50,
         poll_interval: float = 1.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -69,14 +78,21 @@ class QueueRunner(Service):
         self._notifier = notifier
         self._clock = clock
         self._policy = policy or RetryPolicy()
-        self._max_domains = max_domains
+        self._max_connections = max_connections
+        self._per_domain = per_domain
+        self._batch = batch
         self._rng = rng or random.Random()
         self.records: dict[str, QueueRecord] = {}
-        self._busy_domains: set[str] = set()
+        self._heap: list[tuple[float, int, str]] = []  # (when, tie-breaker, record id)
+        self._order = itertools.count()
+        self._ready: dict[str, dict[str, None]] = {}  # domain -> ids due there, in order
+        self._connections: dict[str, int] = {}  # domain -> courier calls running
         self._in_flight: dict[str, set[str]] = {}  # record id -> domains being attempted
         self._saving: dict[str, Deferred[None]] = {}  # record id -> its save in progress
         self._waiters: dict[str, list[Deferred[None]]] = {}  # waiting for the next save
         self._resave: set[str] = set()
+        # Finished or deleted, their files not yet removed: not to be read back as new.
+        self._leaving: set[str] = set()
         self._timer: IDelayedCall | None = None
         self._poll = LoopingCall(self._look_at_disk)
         self._poll.clock = clock
@@ -108,6 +124,7 @@ class QueueRunner(Service):
             log.error("{problem}", problem=problem)
         for record in result.records:
             self.records[record.id] = record
+            self._wake(record)
         log.info("outbound queue: {count} messages", count=len(result.records))
         self._loaded = True
         self._directory_seen = self._directory_mtime()
@@ -122,7 +139,9 @@ class QueueRunner(Service):
 
     def add(self, record: QueueRecord) -> None:
         """A message was queued durably (by this process): try it at once."""
-        self.records.setdefault(record.id, record)
+        if record.id not in self.records:
+            self.records[record.id] = record
+            self._wake(record)
         if self._loaded:
             self._schedule()
 
@@ -139,10 +158,12 @@ class QueueRunner(Service):
 
         def found(records: list[QueueRecord]) -> None:
             for record in records:
-                self.records.setdefault(record.id, record)
+                if record.id not in self.records and record.id not in self._leaving:
+                    self.records[record.id] = record
+                    self._wake(record)
             self._schedule()
 
-        self._store.read_new(frozenset(self.records)).addCallbacks(
+        self._store.read_new(frozenset(self.records) | self._leaving).addCallbacks(
             found, self._log_failure, errbackArgs=("reading new records in", "the queue")
         )
 
@@ -167,23 +188,34 @@ class QueueRunner(Service):
             if command.action == "retry":
                 for recipient in record.pending:
                     recipient.next_attempt = now
+                self._wake(record)
+                self._persist(record).addErrback(self._log_failure, "saving", id)
                 log.info("queue: retrying {id} now", id=id)
             elif command.action == "delete":
                 del self.records[id]
-                self._store.remove(id).addErrback(self._log_failure, "removing", id)
+                self._remove(id)
                 log.info("queue: deleted {id} without notice", id=id)
-                continue
             elif command.action == "bounce":
                 self._finish_attempt(record, bounce_by_administrator(record, now))
                 log.info("queue: returned {id} to its sender", id=id)
-                continue
-            self._persist(record)
         self._schedule()
 
     # -- scheduling -----------------------------------------------------------------------
 
+    def _wake(self, record: QueueRecord) -> None:
+        """Put ``record`` in the heap for the next time it needs attention."""
+        times = [
+            recipient.next_attempt
+            for recipient in record.pending
+            if recipient.domain not in self._in_flight.get(record.id, ())
+        ]
+        if not record.delay_notified and record.pending:
+            times.append(record.created + self._policy.delay_notice)
+        if times:
+            heapq.heappush(self._heap, (min(times), next(self._order), record.id))
+
     def _schedule(self) -> None:
-        if not self.running:
+        if not self.running or not self._loaded:
             return
         if self._scheduling:
             # Called back from inside the loop below (a courier that answered at once):
@@ -195,81 +227,88 @@ class QueueRunner(Service):
             self._schedule_again = True
             while self._schedule_again:
                 self._schedule_again = False
-                self._start_due_attempts()
+                self._take_due()
+                self._start_attempts()
         finally:
             self._scheduling = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        now = self._clock.seconds()
-        earliest = self._earliest()
-        if earliest is not None:
-            self._timer = self._clock.callLater(max(earliest - now, 0.0), self._schedule)
+        if self._heap:
+            delay = max(self._heap[0][0] - self._clock.seconds(), 0.0)
+            self._timer = self._clock.callLater(delay, self._schedule)
 
-    def _start_due_attempts(self) -> None:
+    def _take_due(self) -> None:
+        """Move the records whose time has come from the heap to their domains' ready lists
+        (and send the delay notices that are due)."""
         now = self._clock.seconds()
-        self._check_delays(now)
-        for domain, items in self._due(now).items():
-            if len(self._busy_domains) >= self._max_domains or self._schedule_again:
-                break
-            self._attempt(domain, items)
-
-    def _due(self, now: float) -> dict[str, list[tuple[QueueRecord, list[QueuedRecipient]]]]:
-        due: dict[str, list[tuple[QueueRecord, list[QueuedRecipient]]]] = {}
-        for record in self.records.values():
-            busy = self._in_flight.get(record.id, set())
-            by_domain: dict[str, list[QueuedRecipient]] = {}
+        while self._heap and self._heap[0][0] <= now:
+            _, _, id = heapq.heappop(self._heap)
+            record = self.records.get(id)
+            if record is None:
+                continue  # finished or deleted since
+            if id not in self._in_flight:
+                outcome = Outcome()
+                check_delay(record, now, self._policy, outcome)
+                if outcome.notices:
+                    self._finish_attempt(record, outcome)
+            busy = self._in_flight.get(id, ())
+            waiting_later = False
             for recipient in record.pending:
-                domain = recipient.domain
-                if recipient.next_attempt <= now and domain not in busy:
-                    by_domain.setdefault(domain, []).append(recipient)
-            for domain, recipients in by_domain.items():
-                if domain not in self._busy_domains:
-                    due.setdefault(domain, []).append((record, recipients))
-        return due
+                if recipient.domain in busy:
+                    continue  # its attempt's end will wake the record again
+                if recipient.next_attempt <= now:
+                    self._ready.setdefault(recipient.domain, {})[id] = None
+                else:
+                    waiting_later = True
+            if waiting_later:
+                self._wake(record)
 
-    def _earliest(self) -> float | None:
-        times = [
-            recipient.next_attempt
-            for record in self.records.values()
-            for recipient in record.pending
-            if recipient.domain not in self._in_flight.get(record.id, set())
-            and recipient.domain not in self._busy_domains
-        ]
-        return min(times, default=None)
+    def _start_attempts(self) -> None:
+        for domain in list(self._ready):
+            ids = self._ready[domain]
+            while ids and self._free_connection(domain):
+                batch: Batch = []
+                while ids and len(batch) < self._batch:
+                    id = next(iter(ids))
+                    del ids[id]
+                    record = self.records.get(id)
+                    if record is None or domain in self._in_flight.get(id, ()):
+                        continue
+                    recipients = [r for r in record.pending if r.domain == domain]
+                    if recipients:
+                        batch.append((record, recipients))
+                if batch:
+                    self._attempt(domain, batch)
+            if not ids:
+                del self._ready[domain]
 
-    def _check_delays(self, now: float) -> None:
-        for record in list(self.records.values()):
-            if record.delay_notified or record.id in self._in_flight:
-                continue
-            outcome = Outcome()
-            check_delay(record, now, self._policy, outcome)
-            if outcome.notices:
-                self._finish_attempt(record, outcome)
+    def _free_connection(self, domain: str) -> bool:
+        return (
+            self._connections.get(domain, 0) < self._per_domain
+            and sum(self._connections.values()) < self._max_connections
+        )
 
     # -- attempts -------------------------------------------------------------------------
 
-    def _attempt(self, domain: str, items: list[tuple[QueueRecord, list[QueuedRecipient]]]) -> None:
-        self._busy_domains.add(domain)
-        for record, _ in items:
+    def _attempt(self, domain: str, batch: Batch) -> None:
+        self._connections[domain] = self._connections.get(domain, 0) + 1
+        for record, _ in batch:
             self._in_flight.setdefault(record.id, set()).add(domain)
         messages = [
             record.outbound_message(self._store.message_path(record.id), recipients)
-            for record, recipients in items
+            for record, recipients in batch
         ]
         done = self._courier.deliver(domain, messages)
-        done.addCallback(self._attempted, domain, items)
+        done.addCallback(self._attempted, domain, batch)
         done.addErrback(self._log_failure, "delivering to", domain)
-        done.addBoth(self._domain_free, domain, items)
+        done.addBoth(self._connection_free, domain, batch)
 
     def _attempted(
-        self,
-        results: Sequence[Sequence[RecipientResult]],
-        domain: str,
-        items: list[tuple[QueueRecord, list[QueuedRecipient]]],
+        self, results: Sequence[Sequence[RecipientResult]], domain: str, batch: Batch
     ) -> None:
         now = self._clock.seconds()
-        for (record, recipients), message_results in zip(items, results, strict=True):
+        for (record, recipients), message_results in zip(batch, results, strict=True):
             outcome = apply_results(
                 record, recipients, message_results, now, self._policy, self._rng
             )
@@ -281,20 +320,28 @@ class QueueRunner(Service):
                     remote=result.remote_host,
                     reply=str(result.reply),
                 )
-            self._in_flight.get(record.id, set()).discard(domain)
-            self._finish_attempt(record, outcome)
+            self._release(record, domain)
+            if record.id in self.records:
+                self._finish_attempt(record, outcome)
 
-    def _domain_free(
-        self, _: object, domain: str, items: list[tuple[QueueRecord, list[QueuedRecipient]]]
-    ) -> None:
-        self._busy_domains.discard(domain)
-        for record, _recipients in items:
-            domains = self._in_flight.get(record.id)
-            if domains is not None:
-                domains.discard(domain)
-                if not domains:
-                    del self._in_flight[record.id]
+    def _connection_free(self, _: object, domain: str, batch: Batch) -> None:
+        left = self._connections.get(domain, 1) - 1
+        if left:
+            self._connections[domain] = left
+        else:
+            self._connections.pop(domain, None)
+        for record, _recipients in batch:
+            self._release(record, domain)  # after a courier failure (a bug), try again later
+            if record.id in self.records:
+                self._wake(record)
         self._schedule()
+
+    def _release(self, record: QueueRecord, domain: str) -> None:
+        domains = self._in_flight.get(record.id)
+        if domains is not None:
+            domains.discard(domain)
+            if not domains:
+                del self._in_flight[record.id]
 
     def _finish_attempt(self, record: QueueRecord, outcome: Outcome) -> None:
         """Save what happened, then send the notices; a finished record is removed once no
@@ -302,11 +349,24 @@ class QueueRunner(Service):
         saved = self._persist(record)
         for notice in outcome.notices.values():
             saved.addCallback(self._notify, record, notice)
+        saved.addErrback(self._log_failure, "recording the attempt on", record.id)
         if record.done and not self._in_flight.get(record.id):
             self.records.pop(record.id, None)
-            saved.addCallback(lambda _: self._store.remove(record.id))
+            self._leaving.add(record.id)
+            saved.addCallback(lambda _: self._remove(record.id))
             events.outbound_done(id=record.id, recipients=len(record.recipients))
-        saved.addErrback(self._log_failure, "recording the attempt on", record.id)
+
+    def _remove(self, id: str) -> Deferred[None]:
+        self._leaving.add(id)
+
+        def gone(_: None) -> None:
+            self._leaving.discard(id)
+
+        def failed(failure: Failure) -> None:
+            # Left in _leaving: the files stay until the next start-up reads them again.
+            self._log_failure(failure, "removing", id)
+
+        return self._store.remove(id).addCallbacks(gone, failed)
 
     def _notify(self, _: object, record: QueueRecord, notice: Notice) -> Deferred[None]:
         def failed(failure: Failure) -> None:

@@ -196,6 +196,8 @@ def _connect_once(
 
 
 class _ConnectingFactory(ClientFactory):
+    noisy = False  # no "Starting factory" log lines for every outbound connection
+
     """Builds the one protocol of a connection attempt, or reports why TCP failed."""
 
     def __init__(
