@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -348,7 +349,14 @@ def _outbound_delivery(
     )
     runner = QueueRunner(
         store.queue,
-        SMTPCourier(router, settings, reactor, pool),
+        SMTPCourier(
+            router,
+            settings,
+            reactor,
+            pool,
+            # The smarthost's password is for the smarthost only, never for a route's host.
+            domain_settings={domain: replace(settings, auth=None) for domain in outbound.routes},
+        ),
         notifier,
         reactor,
         policy,

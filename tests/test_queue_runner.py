@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
@@ -18,8 +18,8 @@ from mailserver.interfaces import (
     ReplyInfo,
 )
 from mailserver.queue import control
-from mailserver.queue.record import QueueRecord
-from mailserver.queue.runner import QueueRunner
+from mailserver.queue.record import QueueRecord, RecipientState
+from mailserver.queue.runner import RETRY_LATER, QueueRunner
 from mailserver.queue.schedule import Notice, RetryPolicy
 from mailserver.queue.store import QueueStore
 from tests.immediate import ImmediateReactor, ImmediateThreadPool
@@ -300,3 +300,93 @@ def test_finished_message_is_not_read_back_from_disk(tmp_path: Path) -> None:
     harness.advance(5)
     assert len(harness.courier.calls) == 1
     assert files(harness.store.directory) == []
+
+
+class FailingNotifier(RecordingNotifier):
+    """Fails the first ``failures`` notices, then records like its parent."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def send(self, record: QueueRecord, notice: Notice) -> Deferred[None]:
+        if self.failures:
+            self.failures -= 1
+            return fail(OSError("disk full"))
+        return super().send(record, notice)
+
+
+def test_a_notice_that_fails_is_kept_and_sent_later(tmp_path: Path) -> None:
+    """A bounce that cannot be handed over stays owed in the record on disk, which stays in
+    the queue; it is tried again a minute later and only then is the record removed."""
+    harness = Harness(tmp_path)
+    harness.notifier = FailingNotifier(failures=1)
+    harness.runner._notifier = harness.notifier  # type: ignore[attr-defined]
+    harness.courier.script["x@e.example"] = [(DeliveryOutcome.PERMANENT, NEVER)]
+    harness.queue("A", "x@e.example")
+    harness.start()
+    assert harness.notifier.sent == []
+    assert harness.store.read_blocking("A").owed == [("failed", ("x@e.example",))]
+    harness.advance(RETRY_LATER)
+    assert harness.notifier.sent == [("A", Action.FAILED, ["x@e.example"])]
+    assert files(harness.store.directory) == []
+
+
+def test_owed_notices_are_sent_after_a_restart(tmp_path: Path) -> None:
+    """Notices a crash kept from going out are sent when the queue is read back."""
+    harness = Harness(tmp_path)
+    record = harness.queue("A", "x@e.example")
+    record.recipients[0].state = RecipientState.FAILED
+    record.owed.append(("failed", ("x@e.example",)))
+    harness.store.save_blocking(record)
+    harness.start()
+    assert harness.courier.calls == []
+    assert harness.notifier.sent == [("A", Action.FAILED, ["x@e.example"])]
+    assert files(harness.store.directory) == []
+
+
+@implementer(ICourier)
+class BrokenCourier:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def deliver(
+        self, domain: str, messages: Sequence[OutboundMessage]
+    ) -> Deferred[list[list[RecipientResult]]]:
+        self.calls += 1
+        return fail(RuntimeError("a bug"))
+
+
+def test_a_failing_courier_backs_off(tmp_path: Path) -> None:
+    """A courier that fails (a bug) counts as a temporary failure: the message waits for its
+    retry instead of being tried again at once, over and over."""
+    harness = Harness(tmp_path)
+    courier = BrokenCourier()
+    harness.runner._courier = courier  # type: ignore[attr-defined]
+    harness.queue("A", "x@e.example")
+    harness.start()
+    harness.advance(0)
+    harness.advance(0)
+    assert courier.calls == 1
+    harness.advance(60)
+    assert courier.calls == 2
+    saved = harness.store.read_blocking("A").recipients[0]
+    assert saved.last_reply is not None and saved.last_reply.code == 451
+
+
+def test_delete_of_a_message_in_flight_waits_for_its_attempt(tmp_path: Path) -> None:
+    """``queue delete`` of a message being delivered is carried out once the attempt ends,
+    not dropped."""
+    harness = Harness(tmp_path)
+    harness.courier.hold = True
+    harness.courier.script["x@e.example"] = [(DeliveryOutcome.TRANSIENT, LATER)]
+    harness.queue("A", "x@e.example")
+    harness.start()
+    control.submit(harness.store, control.Command("delete", "A"))
+    harness.advance(1)
+    assert "A" in harness.runner.records
+    harness.courier.release()
+    harness.advance(1)
+    assert harness.runner.records == {}
+    assert files(harness.store.directory) == []
+    assert harness.notifier.sent == []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from mailserver.queue.record import RecipientState
-from mailserver.queue.store import QueueStore
+from mailserver.queue.store import SETTLING_TIME, QueueStore
 from tests.immediate import ImmediateReactor, ImmediateThreadPool, SynchronousCommitter
 from tests.queue_helpers import MESSAGE, files, queue_message
 
@@ -45,6 +47,9 @@ def test_damaged_and_orphaned_entries_are_set_aside(tmp_path: Path) -> None:
     queue_message(store, "NOREC", ["x@e.example"])
     store.record_path("NOREC").unlink()
     (store.directory / ".X.json.1.2.tmp").write_text("half")
+    long_ago = time.time() - SETTLING_TIME - 1
+    for name in ("NOMSG.json", "NOREC.msg", ".X.json.1.2.tmp"):
+        os.utime(store.directory / name, (long_ago, long_ago))
     result = store.load_blocking()
     assert [record.id for record in result.records] == ["GOOD"]
     assert len(result.problems) == 3
@@ -90,3 +95,15 @@ def test_saves_and_removals_through_the_committer(tmp_path: Path) -> None:
     assert files(store.directory) == ["A1.json", "A1.msg"]
     store.remove("A1")
     assert files(store.directory) == []
+
+
+def test_entries_being_written_are_left_alone(tmp_path: Path) -> None:
+    """A message file whose record is not there yet, and a record being staged, may belong to
+    a delivery in progress in another process: left alone until they are an hour old."""
+    store = store_in(tmp_path)
+    queue_message(store, "NEW", ["x@e.example"])
+    store.record_path("NEW").unlink()
+    (store.directory / ".Y.json.1.2.tmp").write_text("half")
+    result = store.load_blocking()
+    assert (result.records, result.problems) == ([], [])
+    assert files(store.directory) == [".Y.json.1.2.tmp", "NEW.msg"]

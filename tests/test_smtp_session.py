@@ -1427,3 +1427,16 @@ def test_auth_needs_ehlo() -> None:
     session = secured(SUBMISSION, encrypted=True)
     line(session, "HELO client.example")
     assert line(session, f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + 'pw')}") == replies.NEED_EHLO
+
+
+def test_a_remote_recipient_given_twice_is_queued_once() -> None:
+    """RCPT for the same remote address twice gets 250 both times but one queued copy."""
+    session = queueing()
+    for _ in range(2):
+        line(session, "RCPT TO:<friend@elsewhere.example>")
+        assert session.recipient_checked(RecipientLookup(Lookup.NOT_OUR_DOMAIN)) == (
+            replies.RECIPIENT_OK
+        )
+    transaction = session.transaction
+    assert transaction is not None
+    assert [r.address for r in transaction.remote] == ["friend@elsewhere.example"]

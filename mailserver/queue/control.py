@@ -59,6 +59,8 @@ def take_commands(store: _Store) -> list[Command]:
         return []
     commands = []
     for name in names:
+        if name.startswith("."):
+            continue  # a command still being written (durable.write_atomically)
         match = _NAME.fullmatch(name)
         durable.remove_quietly(directory / name)
         if match is not None:

@@ -12,6 +12,7 @@ import enum
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,10 @@ class QueuedRecipient:
     last_reply: ReplyInfo | None = None
     remote_host: str | None = None
 
-    @property
+    @cached_property
     def domain(self) -> str:
-        """The destination domain, as routing compares it (lowercase A-labels)."""
+        """The destination domain, as routing compares it (lowercase A-labels); worked out
+        once, as the runner asks for it on every scheduling decision."""
         return normalize_domain(self.address.rpartition("@")[2])
 
     @property
@@ -67,6 +69,9 @@ class QueueRecord:
     envid: str | None = None
     ret: str | None = None
     delay_notified: bool = False  # a delay notice went out already (one per message)
+    # Notices decided but not yet handed over (action, recipient addresses): kept on disk so
+    # that a crash or a failure to send never loses a bounce; the record stays until they go.
+    owed: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept as they were
 
     @classmethod
@@ -105,6 +110,7 @@ class QueueRecord:
 
     @property
     def done(self) -> bool:
+        """Nothing left to deliver (notices may still be owed)."""
         return not self.pending
 
     def next_attempt(self) -> float | None:
@@ -138,6 +144,9 @@ class QueueRecord:
             "envid": self.envid,
             "ret": self.ret,
             "delay_notified": self.delay_notified,
+            "notices_owed": [
+                {"action": action, "recipients": list(addresses)} for action, addresses in self.owed
+            ],
             "recipients": [_recipient_to_json(r) for r in self.recipients],
             **self.extra,
         }
@@ -160,6 +169,7 @@ class QueueRecord:
                 "envid",
                 "ret",
                 "delay_notified",
+                "notices_owed",
                 "recipients",
             }
             recipients = [_recipient_from_json(item) for item in document["recipients"]]
@@ -176,6 +186,10 @@ class QueueRecord:
                 envid=_optional_text(document.get("envid")),
                 ret=_optional_text(document.get("ret")),
                 delay_notified=bool(document.get("delay_notified", False)),
+                owed=[
+                    (_text(item["action"]), tuple(_text(a) for a in item["recipients"]))
+                    for item in document.get("notices_owed", [])
+                ],
                 extra={k: v for k, v in document.items() if k not in known},
             )
         except RecordError:

@@ -35,7 +35,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailserver import events
-from mailserver.interfaces import ICourier, RecipientResult
+from mailserver.dsn import Action
+from mailserver.interfaces import DeliveryOutcome, ICourier, RecipientResult, ReplyInfo
 from mailserver.queue import control
 from mailserver.queue.record import QueuedRecipient, QueueRecord
 from mailserver.queue.schedule import (
@@ -49,6 +50,9 @@ from mailserver.queue.schedule import (
 from mailserver.queue.store import LoadResult, QueueStore
 
 log = Logger()
+
+RETRY_LATER = 60.0  # seconds before a failed save, notice or queue load is tried again
+FULL_LOOK_INTERVAL = 30.0  # seconds between looks at the queue directory regardless of mtime
 
 Batch = list[tuple[QueueRecord, list[QueuedRecipient]]]
 
@@ -98,6 +102,9 @@ class QueueRunner(Service):
         self._poll.clock = clock
         self._poll_interval = poll_interval
         self._directory_seen: int | None = None
+        self._last_full_look = 0.0
+        self._postponed: list[control.Command] = []  # commands for messages in flight
+        self._notifying: set[str] = set()  # ids whose owed notices are being handed over
         self._loaded = False
         self._scheduling = False
         self._schedule_again = False
@@ -125,6 +132,8 @@ class QueueRunner(Service):
         for record in result.records:
             self.records[record.id] = record
             self._wake(record)
+            if record.owed:
+                self._settle(record)  # notices decided before the restart
         log.info("outbound queue: {count} messages", count=len(result.records))
         self._loaded = True
         self._directory_seen = self._directory_mtime()
@@ -133,7 +142,13 @@ class QueueRunner(Service):
             self._schedule()
 
     def _load_failed(self, failure: Failure) -> None:
-        log.failure("the outbound queue could not be read", failure)
+        log.failure("the outbound queue could not be read; trying again in a minute", failure)
+        if self.running:
+            self._clock.callLater(RETRY_LATER, self._load_again)
+
+    def _load_again(self) -> None:
+        if self.running and not self._loaded:
+            self._store.load().addCallbacks(self._loaded_from_disk, self._load_failed)
 
     # -- new messages and commands -------------------------------------------------------
 
@@ -146,11 +161,16 @@ class QueueRunner(Service):
             self._schedule()
 
     def _look_at_disk(self) -> None:
-        for command in control.take_commands(self._store):
+        commands, self._postponed = self._postponed, []
+        for command in commands + control.take_commands(self._store):
             self._apply(command)
+        # A directory's modification time can miss a change made within its granularity (a
+        # second on some filesystems), so the directory is also read now and then regardless.
         mtime = self._directory_mtime()
-        if mtime != self._directory_seen:
+        now = self._clock.seconds()
+        if mtime != self._directory_seen or now - self._last_full_look >= FULL_LOOK_INTERVAL:
             self._directory_seen = mtime
+            self._last_full_look = now
             self._pick_up_new()
 
     def _pick_up_new(self) -> None:
@@ -178,12 +198,11 @@ class QueueRunner(Service):
         targets = [command.id] if command.id else list(self.records)
         for id in targets:
             record = self.records.get(id)
-            if record is None or (command.action != "retry" and id in self._in_flight):
-                log.warn(
-                    "queue {action} {id}: no such message, or being delivered",
-                    action=command.action,
-                    id=id,
-                )
+            if record is None:
+                log.warn("queue {action} {id}: no such message", action=command.action, id=id)
+                continue
+            if command.action != "retry" and id in self._in_flight:
+                self._postponed.append(command)  # once the attempt under way is over
                 continue
             if command.action == "retry":
                 for recipient in record.pending:
@@ -193,6 +212,7 @@ class QueueRunner(Service):
                 log.info("queue: retrying {id} now", id=id)
             elif command.action == "delete":
                 del self.records[id]
+                self._resave.discard(id)
                 self._remove(id)
                 log.info("queue: deleted {id} without notice", id=id)
             elif command.action == "bounce":
@@ -300,8 +320,20 @@ class QueueRunner(Service):
             for record, recipients in batch
         ]
         done = self._courier.deliver(domain, messages)
+
+        def failed(failure: Failure) -> list[list[RecipientResult]]:
+            # A bug of ours, not the destination's doing: try again later like any
+            # temporary failure, so that it cannot turn into a busy loop.
+            self._log_failure(failure, "delivering to", domain)
+            reply = ReplyInfo(451, "4.3.0", "Local error while delivering; will try again")
+            return [
+                [RecipientResult(r.address, DeliveryOutcome.TRANSIENT, reply) for r in recipients]
+                for _, recipients in batch
+            ]
+
+        done.addErrback(failed)
         done.addCallback(self._attempted, domain, batch)
-        done.addErrback(self._log_failure, "delivering to", domain)
+        done.addErrback(self._log_failure, "recording the results from", domain)
         done.addBoth(self._connection_free, domain, batch)
 
     def _attempted(
@@ -344,35 +376,88 @@ class QueueRunner(Service):
                 del self._in_flight[record.id]
 
     def _finish_attempt(self, record: QueueRecord, outcome: Outcome) -> None:
-        """Save what happened, then send the notices; a finished record is removed once no
-        other domain of it is still being attempted."""
-        saved = self._persist(record)
+        """Note the notices an attempt calls for in the record, then settle it."""
         for notice in outcome.notices.values():
-            saved.addCallback(self._notify, record, notice)
-        saved.addErrback(self._log_failure, "recording the attempt on", record.id)
-        if record.done and not self._in_flight.get(record.id):
-            self.records.pop(record.id, None)
-            self._leaving.add(record.id)
-            saved.addCallback(lambda _: self._remove(record.id))
-            events.outbound_done(id=record.id, recipients=len(record.recipients))
+            addresses = tuple(recipient.address for recipient in notice.recipients)
+            record.owed.append((notice.action.value, addresses))
+        self._settle(record)
 
-    def _remove(self, id: str) -> Deferred[None]:
+    def _settle(self, record: QueueRecord) -> None:
+        """Save the record; then hand over the notices it owes; then, once nothing is left to
+        deliver or to tell, remove it. Whatever fails is tried again later: a record leaves
+        the queue only when every notice it owed is on its way."""
+
+        def saved(_: None) -> None:
+            if record.id not in self.records:
+                return  # deleted meanwhile
+            if record.owed:
+                self._hand_over(record)
+            elif record.done and not self._in_flight.get(record.id):
+                self.records.pop(record.id, None)
+                self._remove(record.id)
+                events.outbound_done(id=record.id, recipients=len(record.recipients))
+
+        def failed(failure: Failure) -> None:
+            self._log_failure(failure, "saving", record.id)
+            self._clock.callLater(RETRY_LATER, self._settle, record)
+
+        self._persist(record).addCallbacks(saved, failed)
+
+    def _hand_over(self, record: QueueRecord) -> None:
+        if record.id in self._notifying:
+            return
+        self._notifying.add(record.id)
+        owed = list(record.owed)
+
+        def sent(_: None, entry: tuple[str, tuple[str, ...]]) -> None:
+            record.owed.remove(entry)
+
+        def not_sent(failure: Failure, entry: tuple[str, tuple[str, ...]]) -> None:
+            self._log_failure(failure, f"sending the {entry[0]} notice for", record.id)
+
+        sends = [
+            self._notifier.send(record, self._notice(record, entry)).addCallbacks(
+                sent, not_sent, callbackArgs=(entry,), errbackArgs=(entry,)
+            )
+            for entry in owed
+        ]
+
+        def all_tried(_: object) -> None:
+            self._notifying.discard(record.id)
+            if record.id not in self.records:
+                return
+            if record.owed:  # some could not be sent: later
+                self._clock.callLater(RETRY_LATER, self._settle, record)
+            else:
+                self._settle(record)
+
+        DeferredList(sends).addBoth(all_tried)
+
+    def _notice(self, record: QueueRecord, entry: tuple[str, tuple[str, ...]]) -> Notice:
+        action, addresses = entry
+        by_address = {recipient.address: recipient for recipient in record.recipients}
+        return Notice(Action(action), [by_address[a] for a in addresses if a in by_address])
+
+    def _remove(self, id: str) -> None:
+        """Remove a finished or deleted entry's files, after any save of it in progress (the
+        save must not bring the record back)."""
         self._leaving.add(id)
 
-        def gone(_: None) -> None:
-            self._leaving.discard(id)
+        def remove(_: object = None) -> None:
+            def gone(_: None) -> None:
+                self._leaving.discard(id)
 
-        def failed(failure: Failure) -> None:
-            # Left in _leaving: the files stay until the next start-up reads them again.
-            self._log_failure(failure, "removing", id)
+            def failed(failure: Failure) -> None:
+                # Left in _leaving: the files stay until the next start-up reads them again.
+                self._log_failure(failure, "removing", id)
 
-        return self._store.remove(id).addCallbacks(gone, failed)
+            self._store.remove(id).addCallbacks(gone, failed)
 
-    def _notify(self, _: object, record: QueueRecord, notice: Notice) -> Deferred[None]:
-        def failed(failure: Failure) -> None:
-            self._log_failure(failure, f"sending the {notice.action.value} notice for", record.id)
-
-        return self._notifier.send(record, notice).addErrback(failed)
+        saving = self._saving.get(id)
+        if saving is None:
+            remove()
+        else:
+            saving.addBoth(remove)
 
     def _persist(self, record: QueueRecord) -> Deferred[None]:
         """Save the record; fires once a save that includes its present state is durable.
@@ -387,7 +472,9 @@ class QueueRunner(Service):
 
     def _save_now(self, record: QueueRecord) -> None:
         waiters = self._waiters.pop(record.id, [])
-        if record.done and not self._in_flight.get(record.id):
+        if record.id in self._leaving or (
+            record.done and not record.owed and not self._in_flight.get(record.id)
+        ):
             saving: Deferred[None] = Deferred()
             saving.callback(None)  # about to be removed: nothing to save
         else:

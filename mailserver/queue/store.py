@@ -12,12 +12,15 @@ a busy queue costs a few disk flushes per batch rather than two per message.
 At start-up :meth:`QueueStore.load_blocking` reads every record back. A record that cannot
 be read, or whose message file is missing, and a message file without a record, are moved
 to ``queue/corrupt/`` and reported: the rest of the queue keeps flowing, and nothing an
-operator might want is deleted.
+operator might want is deleted. Entries younger than :data:`SETTLING_TIME` are left alone:
+other processes (the SMTP workers, or this one's listeners, already accepting mail) may be
+in the middle of writing them.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,7 @@ from mailserver.queue.record import QueueRecord, RecordError
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
+SETTLING_TIME = 3600.0  # seconds after which a half-written entry is surely abandoned
 MESSAGE_SUFFIX = ".msg"
 RECORD_SUFFIX = ".json"
 
@@ -121,7 +125,7 @@ class QueueStore:
         def read() -> list[QueueRecord]:
             records = []
             for id in self.ids_blocking():
-                if id not in known:
+                if id not in known and self.message_path(id).exists():
                     try:
                         records.append(self.read_blocking(id))
                     except (OSError, RecordError):
@@ -133,17 +137,30 @@ class QueueStore:
     def load_blocking(self) -> LoadResult:
         result = LoadResult()
         durable.ensure_directory(self.directory)
-        names = {entry.name for entry in os.scandir(self.directory) if entry.is_file()}
+        now = time.time()
+        ages = {
+            entry.name: now - entry.stat().st_mtime
+            for entry in os.scandir(self.directory)
+            if entry.is_file()
+        }
+        names = set(ages)
+
+        def settled(name: str) -> bool:
+            return ages[name] > SETTLING_TIME
+
         for name in sorted(names):
-            if name.startswith(".") and name.endswith(".tmp"):
+            if name.startswith(".") and name.endswith(".tmp") and settled(name):
                 durable.remove_quietly(self.directory / name)  # a record never published
         for name in sorted(names):
             id, suffix = os.path.splitext(name)
             if suffix == MESSAGE_SUFFIX and f"{id}{RECORD_SUFFIX}" not in names:
-                result.problems.append(self._set_aside(id, "message file without a record"))
+                if settled(name):
+                    result.problems.append(self._set_aside(id, "message file without a record"))
             elif suffix == RECORD_SUFFIX:
                 if f"{id}{MESSAGE_SUFFIX}" not in names:
-                    result.problems.append(self._set_aside(id, "record without a message file"))
+                    if settled(name):
+                        problem = self._set_aside(id, "record without a message file")
+                        result.problems.append(problem)
                     continue
                 try:
                     record = self.read_blocking(id)

@@ -367,8 +367,9 @@ class SMTPSession:
         if lookup.outcome is Lookup.NOT_OUR_DOMAIN and self.user is not None:
             # RFC 6409 §3.3: an authenticated user may send anywhere, through the queue.
             notify, orcpt = self._pending_dsn
-            transaction.recipients.append(recipient)
-            transaction.remote.append(OutboundRecipient(str(recipient), notify, orcpt))
+            if recipient not in transaction.recipients:  # the same address twice: one copy
+                transaction.recipients.append(recipient)
+                transaction.remote.append(OutboundRecipient(str(recipient), notify, orcpt))
             self.state = State.RCPT
             return replies.RECIPIENT_OK
         refusal = {
