@@ -118,11 +118,7 @@ def test_queue_loaded_at_start_is_delivered_and_removed(tmp_path: Path) -> None:
     ]
     assert files(harness.store.directory) == []
     assert harness.runner.records == {}
-    assert sorted(harness.notifier.sent) == [
-        ("A", Action.RELAYED, ["x@one.example"]),
-        ("A", Action.RELAYED, ["y@two.example"]),
-        ("B", Action.RELAYED, ["z@one.example"]),
-    ]
+    assert harness.notifier.sent == []  # successes are reported only when asked for
 
 
 def test_greylisting_retried_after_backoff_and_delivered_once(tmp_path: Path) -> None:

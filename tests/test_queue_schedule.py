@@ -52,6 +52,7 @@ def test_outcomes_per_recipient() -> None:
     """Delivered and failed recipients are settled with a notice each; a transient failure is
     retried later, with the reply and the server remembered."""
     queued = record("a@e.example", "b@e.example", "c@e.example")
+    queued.recipients[0].notify = frozenset({"SUCCESS", "FAILURE"})
     outcome = apply_results(
         queued,
         queued.recipients,
@@ -117,3 +118,21 @@ def test_bounce_by_administrator() -> None:
     outcome = bounce_by_administrator(queued, 50.0)
     assert queued.done
     assert [r.address for r in outcome.notices[Action.FAILED].recipients] == ["b@e.example"]
+
+
+def test_only_wanted_notices() -> None:
+    """No notice for a sender who asked for none (NOTIFY=NEVER), for a success nobody asked
+    about, or for mail from the null sender."""
+    queued = record("a@e.example", "b@e.example")
+    queued.recipients[1].notify = frozenset({"NEVER"})
+    results = [
+        result("a@e.example", DeliveryOutcome.DELIVERED, OK),
+        result("b@e.example", DeliveryOutcome.PERMANENT, NEVER),
+    ]
+    outcome = apply_results(queued, queued.recipients, results, 10.0, POLICY, random.Random(1))
+    assert outcome.notices == {}
+    bounce = record("c@e.example")
+    bounce.sender = ""
+    results = [result("c@e.example", DeliveryOutcome.PERMANENT, NEVER)]
+    outcome = apply_results(bounce, bounce.recipients, results, 10.0, POLICY, random.Random(1))
+    assert outcome.notices == {}

@@ -371,3 +371,22 @@ def test_inspector_keeps_the_header_when_asked() -> None:
     assert summary.header is not None and len(summary.header) == MAX_KEPT_HEADER
     assert not summary.whole_message_kept
     assert ContentInspector(lambda data: None, 100).summary().header is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Alice <alice@example.org>",
+        "alice@example.org",
+        '"Bob @ work" <bob@example.org>',
+        "=?utf-8?q?J=C3=A9?= <j@x.example>",
+        "Dr. A. B-C <a.b-c+tag@sub.example.org>",
+    ],
+)
+def test_everyday_from_fields_read_like_the_full_parser(value: str) -> None:
+    """The quick reading of everyday From fields gives what the full parser gives."""
+    from email.policy import SMTPUTF8
+
+    expected = [a.addr_spec for a in SMTPUTF8.header_factory("From", value).addresses]
+    authors = authors_of(f"From: {value}\r\n\r\n".encode(), whole_message=False)
+    assert [str(author) for author in authors] == expected

@@ -268,7 +268,7 @@ class QueueRunner(Service):
             if record is None:
                 continue  # finished or deleted since
             if id not in self._in_flight:
-                outcome = Outcome()
+                outcome = Outcome(record.sender)
                 check_delay(record, now, self._policy, outcome)
                 if outcome.notices:
                     self._finish_attempt(record, outcome)

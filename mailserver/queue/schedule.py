@@ -15,7 +15,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mailserver.dsn import Action
+from mailserver.dsn import Action, wants_notice
 from mailserver.interfaces import DeliveryOutcome, RecipientResult, ReplyInfo
 from mailserver.queue.record import QueuedRecipient, QueueRecord, RecipientState
 
@@ -46,12 +46,16 @@ class Notice:
 
 @dataclass
 class Outcome:
-    """What one attempt changed: notices to send (by action), and whether the record is done."""
+    """The notices one attempt calls for, by action: only those the sender is to get (never
+    for the null sender, RFC 3461 §6.2; as each recipient's NOTIFY asks, §4.1), so that
+    nothing is written down for a notice nobody wants."""
 
+    sender: str
     notices: dict[Action, Notice] = field(default_factory=dict)
 
     def notify(self, action: Action, recipient: QueuedRecipient) -> None:
-        self.notices.setdefault(action, Notice(action)).recipients.append(recipient)
+        if self.sender and wants_notice(recipient.outbound, action):
+            self.notices.setdefault(action, Notice(action)).recipients.append(recipient)
 
 
 def apply_results(
@@ -63,7 +67,7 @@ def apply_results(
     rng: random.Random,
 ) -> Outcome:
     """Record one attempt's results on ``record`` and decide what follows."""
-    outcome = Outcome()
+    outcome = Outcome(record.sender)
     for recipient, result in zip(attempted, results, strict=True):
         recipient.attempts += 1
         recipient.last_attempt = now
@@ -107,7 +111,7 @@ def check_delay(record: QueueRecord, now: float, policy: RetryPolicy, outcome: O
 
 def bounce_by_administrator(record: QueueRecord, now: float) -> Outcome:
     """``mailserver queue bounce``: every pending recipient fails now, with a notice."""
-    outcome = Outcome()
+    outcome = Outcome(record.sender)
     for recipient in record.pending:
         recipient.state = RecipientState.FAILED
         recipient.last_attempt = now

@@ -34,6 +34,15 @@ MAX_AUTHOR_FIELD = 1000  # octets of the From field's value, unfolded; real ones
 MAX_AUTHORS = 20
 # RFC 5322 §2.2: a field name is printable ASCII except the colon, right before it.
 _FIELD = re.compile(rb"[!-9;-~]+:")
+# RFC 5322 §3.4 in its plainest form: a dot-atom address alone, or after a display name of
+# plain words (no "@", "<", ">", ",", ";", ":" or quotes in it) or one simple quoted string.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_SIMPLE_FROM = re.compile(
+    rf"[ \t]*(?:(?P<bare>{_DOT_ATOM}@{_DOT_ATOM})"
+    rf'|(?:[A-Za-z0-9!#$%&\'*+/=?^_`{{|}}~ \t.-]*|"[^"\\\r\n]*")[ \t]*'
+    rf"<(?P<angle>{_DOT_ATOM}@{_DOT_ATOM})>)[ \t]*"
+)
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,17 @@ def authors_of(header: bytes | None, whole_message: bool) -> tuple[Mailbox, ...]
         text = value.decode("utf-8")  # RFC 6532: header fields may be UTF-8
     except UnicodeDecodeError as error:
         raise AuthorError("its From header field is not UTF-8") from error
+    simple = _SIMPLE_FROM.fullmatch(text.replace("\r\n", ""))
+    if simple is not None:
+        # The everyday form, "Name <user@example.org>" or "user@example.org": read directly,
+        # since the email package's parser costs a millisecond per message.
+        address = simple["bare"] or simple["angle"]
+        try:
+            mailbox = parse_path(f"<{address}>", allow_null=False)
+        except AddressError as error:
+            raise AuthorError(f"its From header field holds a bad address: {error}") from error
+        assert mailbox is not None
+        return (mailbox,)
     parsed = SMTPUTF8.header_factory("From", text)
     # typeshed leaves out BaseHeader.defects, which every parsed header has. A non-ASCII
     # local part is no defect here: SMTPUTF8 and RFC 6532 allow it.
