@@ -5,10 +5,11 @@ database and the CLI use :func:`parse_address` and :func:`normalize` so that eve
 server compares addresses the same way.
 
 Normalisation (documented in the README): the domain is compared case-insensitively and in
-its IDNA A-label form; the local part is compared case-insensitively (Unicode ``casefold``)
-after removing the quoting (``"bob"`` equals ``bob``). The normalised form is a key for
-comparison and storage, not an address to write into a message: ``"a b"@example.org`` becomes
-``a b@example.org``, which stays unambiguous because the domain never contains ``@``.
+its IDNA 2008 A-label form (RFC 5891, with the UTS #46 mapping, non-transitional); the local
+part is compared case-insensitively (Unicode ``casefold``) after removing the quoting
+(``"bob"`` equals ``bob``). The normalised form is a key for comparison and storage, not an
+address to write into a message: ``"a b"@example.org`` becomes ``a b@example.org``, which
+stays unambiguous because the domain never contains ``@``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+
+import idna
 
 MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
 MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
@@ -70,15 +73,25 @@ def normalize_local_part(local_part: str) -> str:
 
 
 def normalize_domain(domain: str) -> str:
-    """Lower-case A-label form of a domain; address literals are returned lower-cased."""
+    """Lower-case A-label form of a domain; address literals are returned lower-cased.
+
+    U-labels are converted by IDNA 2008 (RFC 5891 §4), not by Python's ``"idna"`` codec,
+    which is IDNA 2003: it maps ``ß`` to ``ss`` and drops ZWNJ/ZWJ, so ``straße.example``
+    would become ``strasse.example``, another registrable domain with another owner. UTS #46
+    non-transitional processing maps case and width first (``BÜCHER`` is ``bücher``) and
+    keeps ``ß`` and the joiners where RFC 5892's contextual rules allow them; a name it
+    refuses (an emoji, a joiner out of context, a bad A-label among U-labels) raises
+    :class:`AddressError` with idna's reason. An ASCII name is only lower-cased.
+    """
     if domain.startswith("["):
         return domain.lower()
     if domain.isascii():
         return domain.lower()
     try:
-        return domain.encode("idna").decode("ascii").lower()
-    except UnicodeError as error:
-        raise AddressError(f"invalid internationalised domain {domain!r}") from error
+        # The result is already lower case: UTS #46 maps case before encoding.
+        return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+    except UnicodeError as error:  # idna.IDNAError and its InvalidCodepoint are ones
+        raise AddressError(f"invalid internationalised domain {domain!r}: {error}") from error
 
 
 def parse_domain(text: str) -> str:

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import idna
+
 from mailserver.address import AddressError, normalize
 from mailserver.cli import CommandError
 from mailserver.cli_config import load_config_for
@@ -154,8 +156,8 @@ def _show_domain(name: str) -> str:
     if "xn--" not in name:
         return name
     try:
-        return f"{name} ({name.encode('ascii').decode('idna')})"
-    except UnicodeError:
+        return f"{name} ({idna.decode(name)})"  # IDNA 2008, as the domain was encoded
+    except idna.IDNAError:
         return name
 
 

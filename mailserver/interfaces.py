@@ -165,6 +165,9 @@ class RecipientResult:
     outcome: DeliveryOutcome
     reply: ReplyInfo
     remote_host: str | None = None  # the server that answered (DSN Remote-MTA), if any
+    # RFC 3461 §5.2.1: accepted by a server that offers DSN, with our NOTIFY passed on to it.
+    # That server now owes the success notice, so we must not send a "relayed" one.
+    dsn_passed: bool = False
 
 
 @dataclass(frozen=True)

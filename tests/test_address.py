@@ -185,6 +185,64 @@ def test_normalisation_uses_a_label_domain() -> None:
     assert normalize_domain("BÜCHER.example") == "xn--bcher-kva.example"
 
 
+def test_sharp_s_keeps_its_own_a_label() -> None:
+    """IDNA 2008 keeps ``ß`` (RFC 5892 makes it PVALID): ``straße.example`` is
+    ``xn--strae-oqa.example``, never IDNA 2003's ``strasse.example``, which is another
+    domain with another owner."""
+    assert normalize_domain("straße.example") == "xn--strae-oqa.example"
+    assert normalize_domain("Straße.example") == "xn--strae-oqa.example"
+    assert normalize("bob@straße.example") != normalize("bob@strasse.example")
+
+
+def test_zwnj_kept_where_its_context_allows_it() -> None:
+    """RFC 5892 Appendix A.1: ZWNJ between Arabic joining letters is valid and part of the
+    name (IDNA 2003 dropped it, merging two domains); next to Latin letters it is refused."""
+    # Persian "nameh-i" (a letter): the suffix kept apart by ZWNJ, as Persian writes it.
+    persian = "\u0646\u0627\u0645\u0647\u200c\u0627\u06cc.example"
+    with_joiner = normalize_domain(persian)
+    assert with_joiner == "xn--mgba3gch31f060k.example"
+    assert with_joiner != normalize_domain(persian.replace("\u200c", ""))
+    with pytest.raises(AddressError, match="joiner"):
+        normalize_domain("bü\u200cch.example")
+
+
+def test_upper_case_and_full_width_u_labels_are_mapped() -> None:
+    """UTS #46 maps case and width before encoding, so every spelling a user may type
+    gives one key; the A-label comes out lower-case."""
+    expected = "xn--bcher-kva.example"
+    for spelling in ("BÜCHER.EXAMPLE", "Bücher.Example", "ＢÜＣＨＥＲ.example"):
+        assert normalize_domain(spelling) == expected
+
+
+def test_a_label_input_is_kept_lower_cased() -> None:
+    """An all-ASCII domain, A-labels included, is only lower-cased; an A-label next to a
+    U-label gives the same key as the U-label would."""
+    assert normalize_domain("XN--BCHER-KVA.example") == "xn--bcher-kva.example"
+    assert normalize_domain("xn--strae-oqa.example") == normalize_domain("straße.example")
+    mixed = normalize_domain("xn--bcher-kva.bücher.example")
+    assert mixed == "xn--bcher-kva.xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    "domain, reason",
+    [
+        ("\U0001f600.example", "U+1F600"),  # emoji: DISALLOWED since IDNA 2008
+        ("bü.ex ample", "U+0020"),
+        ("xn--zz.bücher.example", "Invalid A-label"),
+        ("ab--c.bücher.example", "hyphens"),
+        ("bü" + "x" * 62 + ".example", "too long"),
+    ],
+)
+def test_invalid_internationalised_domains(domain: str, reason: str) -> None:
+    """A name IDNA 2008 refuses raises AddressError naming the domain and idna's reason,
+    from normalisation and from parsing alike."""
+    with pytest.raises(AddressError, match="invalid internationalised domain") as caught:
+        normalize_domain(domain)
+    assert reason in str(caught.value)
+    with pytest.raises(AddressError):
+        parse_mailbox(f"bob@{domain}")
+
+
 def test_needless_quotes_do_not_change_meaning() -> None:
     """``"bob"@x`` is the same mailbox as ``bob@x``."""
     assert parse_mailbox('"bob"@example.com') == parse_mailbox("bob@example.com")

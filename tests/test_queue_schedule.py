@@ -136,3 +136,17 @@ def test_only_wanted_notices() -> None:
     results = [result("c@e.example", DeliveryOutcome.PERMANENT, NEVER)]
     outcome = apply_results(bounce, bounce.recipients, results, 10.0, POLICY, random.Random(1))
     assert outcome.notices == {}
+
+
+def test_no_relayed_notice_when_the_next_server_reports() -> None:
+    """A success asked for with NOTIFY=SUCCESS is reported by the next server when it took
+    the DSN parameters (RFC 3461 §5.2.1): we send no "relayed" notice then."""
+    queued = record("a@e.example", "b@e.example")
+    for recipient in queued.recipients:
+        recipient.notify = frozenset({"SUCCESS"})
+    results = [
+        RecipientResult("a@e.example", DeliveryOutcome.DELIVERED, OK, "mx", dsn_passed=True),
+        RecipientResult("b@e.example", DeliveryOutcome.DELIVERED, OK, "mx", dsn_passed=False),
+    ]
+    outcome = apply_results(queued, queued.recipients, results, 10.0, POLICY, random.Random(1))
+    assert [r.address for r in outcome.notices[Action.RELAYED].recipients] == ["b@e.example"]

@@ -31,6 +31,7 @@ from twisted.test.iosim import connect as pump_connect
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from mailserver import streaming
 from mailserver.interfaces import (
     DeliveryOutcome,
     OutboundMessage,
@@ -40,12 +41,14 @@ from mailserver.interfaces import (
 )
 from mailserver.limits import ConnectionLimiter
 from mailserver.memory import MemoryMailStore, MemoryUserDatabase
+from mailserver.smtp import client
 from mailserver.smtp.client import (
     ClientSettings,
     ClientTimeouts,
     ConnectFailed,
     SMTPClientProtocol,
     SMTPConnection,
+    TrustFiles,
     connect,
 )
 from mailserver.smtp.client_session import (
@@ -592,6 +595,66 @@ class ScriptedTests(ClientTestCase):
         )
         self.assertEqual(self.reactor.tcpClients, [])
 
+    def test_trust_file_parsed_once(self) -> None:
+        """A trust file is parsed once and its certificates kept while the file stays the
+        same (it would otherwise be parsed on the reactor thread for every attempt)."""
+        bundle = self.directory / "bundle.pem"
+        shutil.copy(certificate_files().certificate, bundle)
+        files = TrustFiles()
+        first = files.authorities(bundle)
+        self.assertEqual(len(first), 1)
+        self.assertIs(files.authorities(bundle), first)
+
+    def test_trust_file_read_again_when_changed(self) -> None:
+        """A bundle edited in place (another size) or replaced is parsed again."""
+        bundle = self.directory / "bundle.pem"
+        pem = certificate_files().certificate.read_bytes()
+        bundle.write_bytes(pem)
+        files = TrustFiles()
+        first = files.authorities(bundle)
+        bundle.write_bytes(pem + pem)
+        second = files.authorities(bundle)
+        self.assertEqual(len(second), 2)
+        replacement = self.directory / "replacement.pem"
+        replacement.write_bytes(pem)
+        replacement.replace(bundle)
+        third = files.authorities(bundle)
+        self.assertEqual(len(third), 1)
+        self.assertIsNot(third, first)
+        self.assertIs(files.authorities(bundle), third)
+
+    def test_damaged_trust_file_not_remembered(self) -> None:
+        """A bundle that fails to parse fails every time, naming why, until it is fixed; the
+        failure itself is never kept."""
+        bundle = self.directory / "bundle.pem"
+        bundle.write_bytes(b"not a certificate\n")
+        files = TrustFiles()
+        for _ in range(2):
+            with self.assertRaisesRegex(Exception, "no PEM certificate"):
+                files.authorities(bundle)
+        shutil.copy(certificate_files().certificate, bundle)
+        self.assertEqual(len(files.authorities(bundle)), 1)
+
+
+class PiecesTests(SynchronousTestCase):
+    def test_sni_is_idna_2008(self) -> None:
+        """SNI carries the A-label of IDNA 2008 (``ß`` kept), lower-cased; nothing for an
+        IP address, an address literal or a name IDNA refuses (RFC 6066 §3)."""
+        self.assertEqual(client._sni("MX.Straße.example."), b"mx.xn--strae-oqa.example")
+        self.assertEqual(client._sni("mx.ours.example"), b"mx.ours.example")
+        for name in ("192.0.2.25", "2001:db8::1", "[192.0.2.25]", "\U0001f600.example"):
+            self.assertIsNone(client._sni(name))
+
+    def test_one_chunk_size(self) -> None:
+        """The client reads message files in the chunks every streamer uses."""
+        self.assertIs(client.CHUNK_SIZE, streaming.CHUNK_SIZE)
+
+    def test_connecting_factory_docstring_and_quiet(self) -> None:
+        """The factory keeps its docstring and logs no "Starting factory" lines."""
+        factory = client._ConnectingFactory
+        self.assertTrue((factory.__doc__ or "").startswith("Builds the one protocol"))
+        self.assertFalse(factory.noisy)
+
 
 # --- Against our own server ---------------------------------------------------------------------
 
@@ -711,6 +774,21 @@ class EndToEndTests(ClientTestCase):
         results = self.deliver(connection, pump, self.message("carol@ours.example"))
         self.assertEqual(results[0].outcome, DeliveryOutcome.DELIVERED)
         self.assertEqual(self.stored_content("carol@ours.example"), [BODY])
+
+    def test_dsn_passed_against_our_server(self) -> None:
+        """Our server offers DSN: a recipient sent with NOTIFY comes back DELIVERED with
+        ``dsn_passed``, one without NOTIFY without it (RFC 3461 §5.2.1)."""
+        connecting, pump = self.loopback()
+        connection = self.successResultOf(connecting)
+        recipients = (
+            OutboundRecipient("bob@ours.example", notify=frozenset({"SUCCESS"})),
+            OutboundRecipient("carol@ours.example"),
+        )
+        results = self.deliver(connection, pump, self.message(recipients=recipients))
+        self.assertEqual(
+            [(r.outcome, r.dsn_passed) for r in results],
+            [(DeliveryOutcome.DELIVERED, True), (DeliveryOutcome.DELIVERED, False)],
+        )
 
     def test_opportunistic_starttls(self) -> None:
         """Our server offers STARTTLS: the client uses it without checking the self-signed

@@ -35,8 +35,8 @@ from mailserver.smtp.client_session import (
     TLS_FAILED,
     TLS_NOT_OFFERED,
     TLS_REFUSED,
-    Action,
     Capabilities,
+    ClientAction,
     ClientSession,
     ClientSettings,
     ClientTimeouts,
@@ -51,7 +51,9 @@ from mailserver.smtp.client_session import (
     StartTLS,
     State,
     mail_command,
+    needs_smtputf8,
     ours,
+    outcome_of,
     rcpt_command,
 )
 
@@ -94,15 +96,15 @@ def message(*recipients: str, **fields: object) -> OutboundMessage:
     return OutboundMessage(**values)  # type: ignore[arg-type]
 
 
-def sent(actions: list[Action]) -> bytes:
+def sent(actions: list[ClientAction]) -> bytes:
     return b"".join(action.data for action in actions if isinstance(action, Send))
 
 
-def kinds(actions: list[Action]) -> list[type]:
+def kinds(actions: list[ClientAction]) -> list[type]:
     return [type(action) for action in actions]
 
 
-def results_of(actions: list[Action]) -> list[RecipientResult]:
+def results_of(actions: list[ClientAction]) -> list[RecipientResult]:
     finished = [action for action in actions if isinstance(action, Finished)]
     assert len(finished) == 1, actions
     return finished[0].results
@@ -125,9 +127,9 @@ def ready(ehlo: ReplyInfo = FULL_EHLO, settings: ClientSettings = SETTINGS) -> C
     return session
 
 
-def replies(session: ClientSession, *answers: ReplyInfo) -> list[Action]:
+def replies(session: ClientSession, *answers: ReplyInfo) -> list[ClientAction]:
     """Feed replies one by one; all the actions they lead to."""
-    actions: list[Action] = []
+    actions: list[ClientAction] = []
     for answer in answers:
         actions += session.reply_received(answer)
     return actions
@@ -261,12 +263,12 @@ def test_capabilities_from_ehlo() -> None:
 
 
 def test_mail_parameters_only_when_offered() -> None:
-    """SIZE, BODY=8BITMIME and the DSN parameters go on MAIL only to a server that offers
-    them; SMTPUTF8 whenever the message needs it."""
+    """SIZE, BODY=8BITMIME, SMTPUTF8 and the DSN parameters go on MAIL only to a server that
+    offers them."""
     dsn_message = message(
         "bob@remote.example", body_8bit=True, envid="id+1=x", ret="hdrs", smtputf8=True
     )
-    assert mail_command(dsn_message, Capabilities()) == "MAIL FROM:<alice@ours.example> SMTPUTF8"
+    assert mail_command(dsn_message, Capabilities()) == "MAIL FROM:<alice@ours.example>"
     assert mail_command(dsn_message, Capabilities.from_ehlo(FULL_EHLO)) == (
         "MAIL FROM:<alice@ours.example> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=id+2B1+3Dx"
     )
@@ -619,6 +621,58 @@ def test_end_of_data_refused(reply: ReplyInfo, outcome: DeliveryOutcome) -> None
     assert session.state is State.READY
 
 
+def dsn_message(*notify: frozenset[str] | None) -> OutboundMessage:
+    """A message to r0@, r1@... with each recipient's NOTIFY as given."""
+    recipients = tuple(
+        OutboundRecipient(f"r{index}@remote.example", notify=words)
+        for index, words in enumerate(notify)
+    )
+    return message(recipients=recipients)
+
+
+SUCCESS_NOTIFY = frozenset({"SUCCESS", "FAILURE"})
+
+
+def test_dsn_passed_to_a_server_with_dsn() -> None:
+    """RFC 3461 §5.2.1: a recipient accepted by a server that offers DSN, its NOTIFY sent
+    along, is marked ``dsn_passed`` (that server reports success now, and we send no
+    "relayed" notice); one whose RCPT carried no NOTIFY (none given, or only unknown words)
+    or that was refused is not."""
+    session = ready()
+    mail = dsn_message(SUCCESS_NOTIFY, None, frozenset({"NEVER"}), frozenset({"BOGUS"}), None)
+    session.begin(mail)
+    replies(
+        session, SENDER_OK, RECIPIENT_OK, RECIPIENT_OK, RECIPIENT_OK, RECIPIENT_OK, NO_SUCH_USER
+    )
+    session.reply_received(START_DATA)
+    session.content_sent()
+    results = results_of(session.reply_received(ACCEPTED))
+    assert [result.dsn_passed for result in results] == [True, False, True, False, False]
+    assert [result.outcome for result in results][:4] == [DeliveryOutcome.DELIVERED] * 4
+
+
+@pytest.mark.parametrize(
+    ("ehlo", "final", "notify_sent"),
+    [
+        (ReplyInfo(250, None, "mx\nSIZE 1000"), ACCEPTED, False),  # no DSN offered
+        (FULL_EHLO, ReplyInfo(451, "4.3.0", "Local error"), True),  # the "." refused
+    ],
+)
+def test_dsn_not_passed(ehlo: ReplyInfo, final: ReplyInfo, notify_sent: bool) -> None:
+    """A server without DSN never got the NOTIFY, and a message refused at the "." was
+    never taken: either way ``dsn_passed`` stays False, so a success notice, if one is
+    asked for, stays ours to send."""
+    session = ready(ehlo)
+    actions = session.begin(dsn_message(SUCCESS_NOTIFY))
+    actions += replies(session, SENDER_OK, RECIPIENT_OK)
+    assert (b"NOTIFY=SUCCESS,FAILURE" in sent(actions)) is notify_sent
+    session.reply_received(START_DATA)
+    session.content_sent()
+    [result] = results_of(session.reply_received(final))
+    assert result.outcome is outcome_of(final)
+    assert not result.dsn_passed
+
+
 def test_message_too_big() -> None:
     """RFC 1870: larger than the server's SIZE: 552 5.3.4 for all, and nothing sent."""
     session = ready()
@@ -635,17 +689,50 @@ def test_message_too_big() -> None:
     assert session.state is State.READY
 
 
-def test_smtputf8_not_offered() -> None:
-    """RFC 6531 §3.2: a message that needs SMTPUTF8 (asked for, or a non-ASCII address)
-    does not go to a server without it: 553 5.6.7 for all, nothing sent."""
-    for mail in (message("a@remote.example", smtputf8=True), message("é@remote.example")):
-        actions = ready(NON_PIPELINING_EHLO).begin(mail)
-        assert sent(actions) == b""
-        assert outcomes(results_of(actions)) == [
-            (DeliveryOutcome.PERMANENT, ours(NEEDS_SMTPUTF8, host=PEER))
-        ]
-    actions = ready().begin(message("é@remote.example"))
-    assert sent(actions).startswith(b"MAIL FROM:<alice@ours.example> SIZE=100 SMTPUTF8\r\n")
+@pytest.mark.parametrize(
+    "mail",
+    [
+        message("é@remote.example"),
+        message("a@remote.example", "é@remote.example", smtputf8=True),
+        message("a@remote.example", sender="jöran@ours.example"),
+    ],
+)
+def test_non_ascii_envelope_needs_smtputf8(mail: OutboundMessage) -> None:
+    """RFC 6531 §3.2: a sender or recipient that is not ASCII does not go to a server
+    without SMTPUTF8: 553 5.6.7 for all, nothing sent. To a server with it, MAIL carries
+    the parameter (§3.4)."""
+    assert needs_smtputf8(mail)
+    actions = ready(NON_PIPELINING_EHLO).begin(mail)
+    assert sent(actions) == b""
+    assert outcomes(results_of(actions)) == [
+        (DeliveryOutcome.PERMANENT, ours(NEEDS_SMTPUTF8, host=PEER)) for _ in mail.recipients
+    ]
+    line = sent(ready().begin(mail)).split(b"\r\n")[0]
+    assert line == f"MAIL FROM:<{mail.sender}> SIZE=100 SMTPUTF8".encode()
+
+
+def test_smtputf8_flag_with_ascii_envelope() -> None:
+    """A message the queue flagged as internationalised (UTF-8 in its header) needs a server
+    with SMTPUTF8 even with an ASCII envelope (RFC 6531 §3.2): refused for all elsewhere,
+    sent with the parameter where it is offered."""
+    mail = message("a@remote.example", smtputf8=True)
+    assert needs_smtputf8(mail)
+    actions = ready(NON_PIPELINING_EHLO).begin(mail)
+    assert sent(actions) == b""
+    assert outcomes(results_of(actions)) == [
+        (DeliveryOutcome.PERMANENT, ours(NEEDS_SMTPUTF8, host=PEER))
+    ]
+    assert sent(ready().begin(mail)).startswith(
+        b"MAIL FROM:<alice@ours.example> SIZE=100 SMTPUTF8\r\n"
+    )
+
+
+def test_no_smtputf8_parameter_without_need() -> None:
+    """An ASCII envelope without the flag never sends SMTPUTF8, even where it is offered
+    (RFC 6531 §3.4: SHOULD NOT when nothing needs it)."""
+    mail = message("a@remote.example")
+    assert not needs_smtputf8(mail)
+    assert b"SMTPUTF8" not in sent(ready().begin(mail))
 
 
 def test_control_characters_never_sent() -> None:

@@ -1157,3 +1157,18 @@ class SecurityTests(ServerTestCase):
         self.assertEqual(client.codes(), codes(replies.MESSAGE_ACCEPTED))
         kinds = [event["mail_event"] for event in self.events]
         self.assertEqual(kinds, ["received", "delivered"])
+
+    def test_smtputf8_kept_only_for_mail_that_needs_it(self) -> None:
+        """A client asking for SMTPUTF8 does not make an ASCII message internationalised: the
+        queued copy needs SMTPUTF8 downstream only when its header has UTF-8."""
+        client = self.logged_in()
+        for header, expected in ((b"Subject: plain", False), ("Subject: caf\u00e9".encode(), True)):
+            client.send(
+                b"MAIL FROM:<alice@ours.example> SMTPUTF8\r\n"
+                b"RCPT TO:<friend@elsewhere.example>\r\nDATA\r\n"
+            )
+            client.take()
+            client.send(message(b"From: alice@ours.example\r\n" + header + b"\r\n\r\nHi\r\n"))
+            self.assertEqual(client.codes(), codes(replies.MESSAGE_ACCEPTED))
+            record, _ = self.store.queued[-1]
+            self.assertIs(record.smtputf8, expected)

@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from mailserver.address import normalize_domain
+from mailserver.address import AddressError, normalize_domain
 from mailserver.interfaces import OutboundMessage, OutboundRecipient, ReplyInfo
 
 VERSION = 1
@@ -48,7 +48,11 @@ class QueuedRecipient:
     def domain(self) -> str:
         """The destination domain, as routing compares it (lowercase A-labels); worked out
         once, as the runner asks for it on every scheduling decision."""
-        return normalize_domain(self.address.rpartition("@")[2])
+        domain = self.address.rpartition("@")[2]
+        try:
+            return normalize_domain(domain)
+        except AddressError:
+            return domain.lower()  # a record from before a rule change: routing will refuse it
 
     @property
     def outbound(self) -> OutboundRecipient:

@@ -75,7 +75,8 @@ def apply_results(
         recipient.remote_host = result.remote_host
         if result.outcome is DeliveryOutcome.DELIVERED:
             recipient.state = RecipientState.DELIVERED
-            outcome.notify(Action.RELAYED, recipient)
+            if not result.dsn_passed:  # else the next server reports it (RFC 3461 §5.2.1)
+                outcome.notify(Action.RELAYED, recipient)
         elif result.outcome is DeliveryOutcome.PERMANENT:
             recipient.state = RecipientState.FAILED
             outcome.notify(Action.FAILED, recipient)

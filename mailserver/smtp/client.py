@@ -24,6 +24,7 @@ anything older than TLS 1.2.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -59,6 +60,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailserver.address import AddressError, normalize_domain
 from mailserver.deadline import Deadline
 from mailserver.interfaces import OutboundMessage, RecipientResult, ReplyInfo
 from mailserver.smtp.client_session import (
@@ -66,8 +68,8 @@ from mailserver.smtp.client_session import (
     CONNECTION_FAILED,
     LOCAL_ERROR,
     TRUST_FILE_UNUSABLE,
-    Action,
     Capabilities,
+    ClientAction,
     ClientSession,
     ClientSettings,
     ClientTimeouts,
@@ -83,7 +85,7 @@ from mailserver.smtp.client_session import (
     State,
     ours,
 )
-from mailserver.streaming import MessageStreamer, StreamStopped
+from mailserver.streaming import CHUNK_SIZE, MessageStreamer, StreamStopped
 from mailserver.stuffing import SMTPDataEncoder
 from mailserver.tcp import disable_nagle
 from mailserver.tls import describe_connection
@@ -101,8 +103,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-CHUNK_SIZE = 64 * 1024  # octets read from the message file at a time
 
 
 class ConnectFailed(Exception):
@@ -196,9 +196,9 @@ def _connect_once(
 
 
 class _ConnectingFactory(ClientFactory):
-    noisy = False  # no "Starting factory" log lines for every outbound connection
-
     """Builds the one protocol of a connection attempt, or reports why TCP failed."""
+
+    noisy = False  # no "Starting factory" log lines for every outbound connection
 
     def __init__(
         self,
@@ -254,13 +254,16 @@ class UnverifiedClientTLS:
 
 
 def _sni(server_name: str) -> bytes | None:
-    """The name to send with SNI: none for an IP address, or a name IDNA cannot encode."""
+    """The name to send with SNI, as A-labels (RFC 6066 §3): none for an IP address or an
+    address literal, or a name IDNA 2008 cannot encode."""
+    if server_name.startswith("["):
+        return None
     try:
-        ipaddress.ip_address(server_name.strip("[]"))
+        ipaddress.ip_address(server_name)
     except ValueError:
         try:
-            return server_name.rstrip(".").encode("idna")
-        except UnicodeError:
+            return normalize_domain(server_name.rstrip(".")).encode("ascii")
+        except AddressError:
             return None
     return None
 
@@ -272,17 +275,54 @@ def _tls_creator(settings: ClientSettings, server_name: str) -> IOpenSSLClientCo
     minimum = {"raiseMinimumTo": TLSVersion.TLSv1_2}
     if settings.trust_file is None:
         return optionsForClientTLS(name, platformTrust(), extraCertificateOptions=minimum)
-    authorities = trustRootFromCertificates(_authorities(settings.trust_file))
+    authorities = trustRootFromCertificates(_TRUST_FILES.authorities(settings.trust_file))
     return optionsForClientTLS(name, authorities, extraCertificateOptions=minimum)
 
 
-def _authorities(path: Path) -> list[Certificate]:
-    """The CA certificates of a PEM bundle (a small file, read here like the server's own
-    certificate in :mod:`mailserver.tls`)."""
+class TrustFiles:
+    """The CA bundles of ``trust_file``, each parsed once and kept.
+
+    Parsing a system-sized bundle takes tens of milliseconds, on the reactor thread, and it
+    would be done for every connection attempt. Each time the file is opened and its
+    identity checked (``fstat``: device, inode, size, modification and change times), so a
+    bundle replaced or edited in place is read again; a file that fails is not remembered,
+    and fails again on the next attempt.
+    """
+
+    def __init__(self) -> None:
+        self._parsed: dict[Path, tuple[tuple[int, ...], list[Certificate]]] = {}
+
+    def authorities(self, path: Path) -> list[Certificate]:
+        """The CA certificates of the bundle at ``path`` (the same list while the file stays
+        the same); raises :class:`_TrustFileError`."""
+        try:
+            with open(path, "rb") as file:
+                status = os.fstat(file.fileno())
+                identity = (
+                    status.st_dev,
+                    status.st_ino,
+                    status.st_size,
+                    status.st_mtime_ns,
+                    status.st_ctime_ns,
+                )
+                known = self._parsed.get(path)
+                if known is not None and known[0] == identity:
+                    return known[1]
+                data = file.read()
+        except OSError as error:
+            raise _TrustFileError(error.strerror or str(error)) from None
+        certificates = _authorities(data)
+        self._parsed[path] = (identity, certificates)
+        return certificates
+
+
+_TRUST_FILES = TrustFiles()
+
+
+def _authorities(pem: bytes) -> list[Certificate]:
+    """The CA certificates of a PEM bundle."""
     try:
-        certificates = x509.load_pem_x509_certificates(path.read_bytes())
-    except OSError as error:
-        raise _TrustFileError(error.strerror or str(error)) from None
+        certificates = x509.load_pem_x509_certificates(pem)
     except ValueError:
         raise _TrustFileError("no PEM certificate in it, or a damaged one") from None
     return [Certificate.loadPEM(each.public_bytes(Encoding.PEM)) for each in certificates]
@@ -442,7 +482,7 @@ class SMTPClientProtocol(Protocol):
             self._perform(self.session.reply_received(reply))
         return taken
 
-    def _perform(self, actions: list[Action]) -> None:
+    def _perform(self, actions: list[ClientAction]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 self.transport.write(action.data)  # type: ignore[union-attr]

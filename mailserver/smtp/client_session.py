@@ -250,7 +250,7 @@ MESSAGE_TOO_BIG = ReplyInfo(
     552, "5.3.4", "Message of {size} octets exceeds the {limit} octets {host} accepts"
 )
 NEEDS_SMTPUTF8 = ReplyInfo(
-    553, "5.6.7", "{host} does not support SMTPUTF8, which this message needs"
+    553, "5.6.7", "{host} does not support SMTPUTF8, which this message's envelope needs"
 )
 BAD_SENDER = ReplyInfo(501, "5.1.7", "The sender address has control characters")
 BAD_RECIPIENT = ReplyInfo(501, "5.1.3", "The recipient address has control characters")
@@ -313,12 +313,26 @@ _NOTIFY_ORDER = ("SUCCESS", "FAILURE", "DELAY")
 
 
 def needs_smtputf8(message: OutboundMessage) -> bool:
-    """SMTPUTF8 was asked for, or an envelope address is not ASCII (RFC 6531 §3.2)."""
+    """Whether only a server that offers SMTPUTF8 can take ``message`` (RFC 6531 §3.2): an
+    envelope address is not ASCII, or the message is flagged as internationalised. The
+    queue sets that flag only for a message that really is (UTF-8 in its header or its
+    envelope), not merely because the submitting client asked for the extension, so a
+    refusal here (553 5.6.7) never bounces mail that could have gone as it is."""
     return (
         message.smtputf8
         or not message.sender.isascii()
         or any(not recipient.address.isascii() for recipient in message.recipients)
     )
+
+
+def notify_words(recipient: OutboundRecipient) -> list[str]:
+    """The NOTIFY words RCPT TO carries for ``recipient`` to a server with DSN (RFC 3461
+    §4.1): NEVER stands alone; the others in a fixed order, unknown words left out. Empty
+    when the recipient has no NOTIFY, or none we know."""
+    if not recipient.notify:
+        return []
+    notify = [word.upper() for word in recipient.notify]
+    return ["NEVER"] if "NEVER" in notify else [w for w in _NOTIFY_ORDER if w in notify]
 
 
 def mail_command(message: OutboundMessage, capabilities: Capabilities) -> str:
@@ -328,8 +342,10 @@ def mail_command(message: OutboundMessage, capabilities: Capabilities) -> str:
         command += f" SIZE={message.size}"  # RFC 1870 §6
     if message.body_8bit and capabilities.eightbitmime:
         command += " BODY=8BITMIME"  # RFC 6152 §3
-    if needs_smtputf8(message):
-        command += " SMTPUTF8"  # RFC 6531 §3.4; begin() made sure it is offered
+    if needs_smtputf8(message) and capabilities.smtputf8:
+        # RFC 6531 §3.4; the parameter goes only to a server that offers the extension.
+        # Without it only an ASCII envelope gets here (begin() refuses the rest: §3.2).
+        command += " SMTPUTF8"
     if capabilities.dsn:  # RFC 3461 §4: only to a server that offers DSN
         if message.ret is not None and message.ret.upper() in ("FULL", "HDRS"):
             command += f" RET={message.ret.upper()}"  # §4.3
@@ -343,12 +359,9 @@ def rcpt_command(recipient: OutboundRecipient, capabilities: Capabilities) -> st
     command = f"RCPT TO:<{recipient.address}>"
     if not capabilities.dsn:
         return command
-    if recipient.notify:
-        # §4.1: NEVER stands alone; the others in a fixed order, unknown words left out.
-        notify = [word.upper() for word in recipient.notify]
-        words = ["NEVER"] if "NEVER" in notify else [w for w in _NOTIFY_ORDER if w in notify]
-        if words:
-            command += f" NOTIFY={','.join(words)}"
+    words = notify_words(recipient)
+    if words:
+        command += f" NOTIFY={','.join(words)}"  # §4.1
     if recipient.orcpt:
         kind, semicolon, original = recipient.orcpt.partition(";")
         # §4.2: addr-type ";" xtext. An address that is not ASCII would need RFC 6533's
@@ -466,7 +479,7 @@ class Close:
     abort: bool = False
 
 
-Action = Send | StartTLS | SendContent | Ready | SetupFailed | Finished | Close
+ClientAction = Send | StartTLS | SendContent | Ready | SetupFailed | Finished | Close
 
 
 @dataclass(frozen=True)
@@ -481,6 +494,7 @@ class _Transaction:
     pipelined: bool
     results: list[RecipientResult | None]
     unsent: deque[tuple[int, str]]  # RCPT commands still to send, without pipelining
+    dsn: bool  # the server offers DSN: each RCPT carried the recipient's NOTIFY
     accepted: list[int] = field(default_factory=list)  # recipients a RCPT 2xx accepted
     discarding: bool = False  # RFC 2920 §3.1: DATA got 354 with nobody to send to
 
@@ -532,7 +546,7 @@ class ClientSession:
 
     # -- events -------------------------------------------------------------------------
 
-    def reply_received(self, reply: ReplyInfo) -> list[Action]:
+    def reply_received(self, reply: ReplyInfo) -> list[ClientAction]:
         """A complete reply from the server (taken only while :attr:`waiting`)."""
         if not self._awaited:
             return self._end(ours(PROTOCOL_ERROR, host=self.peer, detail=f"unasked reply {reply}"))
@@ -548,7 +562,7 @@ class ClientSession:
             return self._end(reply)  # §3.8: the server is closing the connection
         return self._HANDLERS[awaited.command](self, awaited, reply)
 
-    def tls_started(self, description: str | None) -> list[Action]:
+    def tls_started(self, description: str | None) -> list[ClientAction]:
         """The TLS handshake is done; ``description`` names the version and cipher."""
         if self.state is not State.HANDSHAKE:
             return []
@@ -556,7 +570,7 @@ class ClientSession:
         self.tls = description
         return self._hello()  # RFC 3207 §4.2: EHLO again, inside TLS
 
-    def content_sent(self) -> list[Action]:
+    def content_sent(self) -> list[ClientAction]:
         """The whole message and its final "." are written."""
         if self.state is not State.CONTENT:
             return []
@@ -564,7 +578,7 @@ class ClientSession:
         self._awaited.append(_Awaited(Command.END_OF_DATA))
         return []
 
-    def connection_lost(self, reason: str) -> list[Action]:
+    def connection_lost(self, reason: str) -> list[ClientAction]:
         if self.state is State.CLOSED:
             return []
         if self.state is State.QUIT:
@@ -575,7 +589,7 @@ class ClientSession:
             return self._end(reply, close=False, during_tls=True)
         return self._end(ours(CONNECTION_LOST, host=self.peer, reason=reason), close=False)
 
-    def timed_out(self) -> list[Action]:
+    def timed_out(self) -> list[ClientAction]:
         """The timer for :attr:`timeout` (or, while streaming, for a block) went off."""
         if self.state is State.CLOSED:
             return []
@@ -590,13 +604,13 @@ class ClientSession:
         reply = ours(TIMEOUT, host=self.peer, doing=doing)
         return self._end(reply, abort=True, during_tls=self.state is State.HANDSHAKE)
 
-    def protocol_error(self, detail: str) -> list[Action]:
+    def protocol_error(self, detail: str) -> list[ClientAction]:
         """The glue found garbage in the server's output (:class:`RemoteProtocolError`)."""
         if self.state is State.CLOSED:
             return []
         return self._end(ours(PROTOCOL_ERROR, host=self.peer, detail=detail), abort=True)
 
-    def local_failure(self, reply: ReplyInfo) -> list[Action]:
+    def local_failure(self, reply: ReplyInfo) -> list[ClientAction]:
         """Our side failed (the message file cannot be read): give up on this connection.
         The connection is aborted, never ended with ".", so no server keeps a partial
         message (RFC 5321 §4.1.1.4: only the final "." makes it theirs)."""
@@ -606,7 +620,7 @@ class ClientSession:
 
     # -- what the caller asks -----------------------------------------------------------
 
-    def begin(self, message: OutboundMessage) -> list[Action]:
+    def begin(self, message: OutboundMessage) -> list[ClientAction]:
         """Send ``message`` (only when READY)."""
         if self.state is not State.READY:
             reply = ours(NOT_CONNECTED, host=self.peer)
@@ -624,7 +638,9 @@ class ClientSession:
             for index, recipient in enumerate(message.recipients)
             if results[index] is None
         )
-        transaction = _Transaction(message, capabilities.pipelining, results, commands)
+        transaction = _Transaction(
+            message, capabilities.pipelining, results, commands, capabilities.dsn
+        )
         if not commands:
             return [Finished(self._complete(transaction))]
         self._transaction = transaction
@@ -644,7 +660,7 @@ class ClientSession:
         self._awaited.append(_Awaited(Command.DATA))
         return [Send("".join(line + "\r\n" for line in group).encode("utf-8"))]
 
-    def quit(self) -> list[Action]:
+    def quit(self) -> list[ClientAction]:
         """End the connection politely (RFC 5321 §4.1.1.10), or at once if it is busy."""
         if self.state is State.READY:
             self.state = State.QUIT
@@ -655,17 +671,17 @@ class ClientSession:
 
     # -- set-up -------------------------------------------------------------------------
 
-    def _greeting(self, awaited: _Awaited, reply: ReplyInfo) -> list[Action]:
+    def _greeting(self, awaited: _Awaited, reply: ReplyInfo) -> list[ClientAction]:
         if reply.code < 300:
             return self._hello()
         # §3.1: 554 means no SMTP service here, for good; the client sends QUIT.
         return self._setup_failed(reply, permanent=reply.code >= 500)
 
-    def _hello(self) -> list[Action]:
+    def _hello(self) -> list[ClientAction]:
         self.state = State.EHLO
         return self._command(Command.EHLO, f"EHLO {self.settings.hostname}")
 
-    def _ehlo(self, awaited: _Awaited, reply: ReplyInfo) -> list[Action]:
+    def _ehlo(self, awaited: _Awaited, reply: ReplyInfo) -> list[ClientAction]:
         if reply.code < 300:
             self.capabilities = Capabilities.from_ehlo(reply)
             return self._after_hello()
@@ -675,13 +691,13 @@ class ClientSession:
             return self._command(Command.HELO, f"HELO {self.settings.hostname}")
         return self._setup_failed(reply, permanent=False)
 
-    def _helo(self, awaited: _Awaited, reply: ReplyInfo) -> list[Action]:
+    def _helo(self, awaited: _Awaited, reply: ReplyInfo) -> list[ClientAction]:
         if reply.code < 300:
             self.capabilities = Capabilities()  # §4.1.1.1: HELO offers no extensions
             return self._after_hello()
         return self._setup_failed(reply, permanent=reply.code >= 500)
 
-    def _after_hello(self) -> list[Action]:
+    def _after_hello(self) -> list[ClientAction]:
         mode = self.settings.tls
         if not self.encrypted and mode != "off" and not self._starttls_refused:
             if self.capabilities.starttls:
@@ -693,7 +709,7 @@ class ClientSession:
             return self._authenticate(*self.settings.auth)
         return self._ready()
 
-    def _starttls(self, awaited: _Awaited, reply: ReplyInfo) -> list[Action]:
+    def _starttls(self, awaited: _Awaited, reply: ReplyInfo) -> list[ClientAction]:
         if reply.code < 300:
             self.state = State.HANDSHAKE
             # RFC 3207 §4.2: forget what the server said before TLS; the glue throws away
@@ -707,7 +723,7 @@ class ClientSession:
         self._starttls_refused = True
         return self._after_hello()
 
-    def _authenticate(self, login: str, password: str) -> list[Action]:
+    def _authenticate(self, login: str, password: str) -> list[ClientAction]:
         if not self.encrypted:
             return self._setup_failed(ours(PASSWORD_NEEDS_TLS, host=self.peer), permanent=False)
         self.state = State.AUTH
@@ -721,7 +737,7 @@ class ClientSession:
             return self._command(Command.AUTH, "AUTH LOGIN")
         return self._setup_failed(ours(NO_AUTH_MECHANISM, host=self.peer), permanent=False)
 
-    def _auth(self, awaited: _Awaited, reply: ReplyInfo) -> list[Action]:
+    def _auth(self, awaited: _Awaited, reply: ReplyInfo) -> list[ClientAction]:
         if reply.code < 300:
             self._login_steps = []
             return self._ready()
@@ -734,11 +750,11 @@ class ClientSession:
         self._login_steps = []
         return self._setup_failed(reply, permanent=False)
 
-    def _ready(self) -> list[Action]:
+    def _ready(self) -> list[ClientAction]:
         self.state = State.READY
         return [Ready(self.capabilities)]
 
-    def _setup_failed(self, reply: ReplyInfo, permanent: bool) -> list[Action]:
+    def _setup_failed(self, reply: ReplyInfo, permanent: bool) -> list[ClientAction]:
         """Give up on a server that still listens: say QUIT (§3.1, §4.1.1.10) and close."""
         self.state = State.CLOSED
         self._awaited.clear()
@@ -753,7 +769,8 @@ class ClientSession:
             # RFC 1870 §4: a client must not send a message larger than the declared limit.
             return ours(MESSAGE_TOO_BIG, size=message.size, limit=limit, host=self.peer)
         if needs_smtputf8(message) and not self.capabilities.smtputf8:
-            # RFC 6531 §3.2: not to a server without SMTPUTF8 (we do not downgrade).
+            # RFC 6531 §3.2: an internationalised message never goes to a server without
+            # SMTPUTF8 (we do not downgrade).
             return ours(NEEDS_SMTPUTF8, host=self.peer)
         if _UNSENDABLE.search(message.sender):
             return BAD_SENDER
@@ -762,7 +779,7 @@ class ClientSession:
         # octets for decades, and converting would break DKIM signatures.
         return None
 
-    def _mail(self, awaited: _Awaited, reply: ReplyInfo) -> list[Action]:
+    def _mail(self, awaited: _Awaited, reply: ReplyInfo) -> list[ClientAction]:
         transaction = self._current
         if reply.code >= 400:
             # The sender is refused, so is every recipient, with that reply.
@@ -775,7 +792,7 @@ class ClientSession:
             return self._reset()
         return self._next_rcpt(transaction)
 
-    def _next_rcpt(self, transaction: _Transaction) -> list[Action]:
+    def _next_rcpt(self, transaction: _Transaction) -> list[ClientAction]:
         if transaction.unsent:
             index, command = transaction.unsent.popleft()
             return self._command(Command.RCPT, command, index)
@@ -783,7 +800,7 @@ class ClientSession:
             return self._command(Command.DATA, "DATA")
         return self._reset()  # nobody accepted: no DATA
 
-    def _rcpt(self, awaited: _Awaited, reply: ReplyInfo) -> list[Action]:
+    def _rcpt(self, awaited: _Awaited, reply: ReplyInfo) -> list[ClientAction]:
         transaction = self._current
         index = awaited.recipient
         assert index is not None
@@ -797,7 +814,7 @@ class ClientSession:
             return []
         return self._next_rcpt(transaction)
 
-    def _data(self, awaited: _Awaited, reply: ReplyInfo) -> list[Action]:
+    def _data(self, awaited: _Awaited, reply: ReplyInfo) -> list[ClientAction]:
         transaction = self._current
         if reply.code < 400:
             if transaction.accepted:
@@ -811,7 +828,7 @@ class ClientSession:
         self._decide_accepted(transaction, reply)
         return self._reset()
 
-    def _end_of_data(self, awaited: _Awaited, reply: ReplyInfo) -> list[Action]:
+    def _end_of_data(self, awaited: _Awaited, reply: ReplyInfo) -> list[ClientAction]:
         transaction = self._current
         if transaction.discarding:
             return self._reset()
@@ -820,11 +837,11 @@ class ClientSession:
         self._decide_accepted(transaction, reply)
         return self._finish()
 
-    def _reset(self) -> list[Action]:
+    def _reset(self) -> list[ClientAction]:
         self.state = State.RESET
         return self._command(Command.RSET, "RSET")
 
-    def _rset(self, awaited: _Awaited, reply: ReplyInfo) -> list[Action]:
+    def _rset(self, awaited: _Awaited, reply: ReplyInfo) -> list[ClientAction]:
         if reply.code < 300:
             return self._finish()
         # A server that will not reset cannot be trusted with the next message.
@@ -833,17 +850,21 @@ class ClientSession:
         self.state = State.CLOSED
         return [Finished(self._complete(transaction)), Send(QUIT_LINE), Close()]
 
-    def _finish(self) -> list[Action]:
+    def _finish(self) -> list[ClientAction]:
         transaction = self._current
         self._transaction = None
         self.state = State.READY
         return [Finished(self._complete(transaction))]
 
     def _decide_accepted(self, transaction: _Transaction, reply: ReplyInfo) -> None:
+        # RFC 3461 §5.2.1: a server with DSN that took the message with our NOTIFY reports
+        # success itself, so the result says so and no "relayed" notice is sent for it.
+        taken = reply.code < 300 and transaction.dsn
         for index in transaction.accepted:
             if transaction.results[index] is None:
-                address = transaction.message.recipients[index].address
-                transaction.results[index] = self._result(address, reply)
+                recipient = transaction.message.recipients[index]
+                passed = taken and bool(notify_words(recipient))
+                transaction.results[index] = self._result(recipient.address, reply, passed)
 
     def _complete(self, transaction: _Transaction) -> list[RecipientResult]:
         """The results; one still undecided here would be our bug, reported as temporary."""
@@ -862,12 +883,14 @@ class ClientSession:
         assert self._transaction is not None
         return self._transaction
 
-    def _command(self, command: Command, line: str, recipient: int | None = None) -> list[Action]:
+    def _command(
+        self, command: Command, line: str, recipient: int | None = None
+    ) -> list[ClientAction]:
         self._awaited.append(_Awaited(command, recipient))
         return [Send(line.encode("utf-8") + CRLF)]
 
-    def _result(self, address: str, reply: ReplyInfo) -> RecipientResult:
-        return RecipientResult(address, outcome_of(reply), reply, self.remote_host)
+    def _result(self, address: str, reply: ReplyInfo, dsn_passed: bool = False) -> RecipientResult:
+        return RecipientResult(address, outcome_of(reply), reply, self.remote_host, dsn_passed)
 
     def _end(
         self,
@@ -875,13 +898,13 @@ class ClientSession:
         close: bool = True,
         abort: bool = False,
         during_tls: bool = False,
-    ) -> list[Action]:
+    ) -> list[ClientAction]:
         """The connection is over: the set-up fails, or every undecided recipient of the
         transaction under way gets ``reply``."""
         setup = self.state in _SETUP
         self.state = State.CLOSED
         self._awaited.clear()
-        actions: list[Action] = []
+        actions: list[ClientAction] = []
         if setup:
             actions.append(SetupFailed(reply, permanent=False, during_tls=during_tls))
         elif self._transaction is not None:
@@ -895,7 +918,7 @@ class ClientSession:
             actions.append(Close(abort))
         return actions
 
-    _HANDLERS: dict[Command, Callable[[ClientSession, _Awaited, ReplyInfo], list[Action]]] = {
+    _HANDLERS: dict[Command, Callable[[ClientSession, _Awaited, ReplyInfo], list[ClientAction]]] = {
         Command.GREETING: _greeting,
         Command.EHLO: _ehlo,
         Command.HELO: _helo,

@@ -65,6 +65,8 @@ class ContentInspector:
     ) -> None:
         self._sink = sink
         self._header = bytearray() if keep_header else None
+        # UTF-8 in the header section (RFC 6532): the message needs SMTPUTF8 to travel on.
+        self.header_8bit = False
         self._max_size = max_size
         self.size = 0
         self._too_big = False
@@ -83,6 +85,9 @@ class ContentInspector:
             return
         self.size += len(content)
         if self._in_headers:
+            if not self.header_8bit:
+                end = content.find(_HEADER_END)
+                self.header_8bit = not (content if end < 0 else content[:end]).isascii()
             if self._header is not None and len(self._header) < MAX_KEPT_HEADER:
                 self._header += content[: MAX_KEPT_HEADER - len(self._header)]
             self._scan_headers(content)

@@ -468,7 +468,14 @@ class SMTPServerProtocol(LineServerProtocol):
                 created=self.factory.reactor.seconds(),
                 size=content.spool.size,
                 body_8bit=transaction.body_8bit,
-                smtputf8=transaction.smtputf8,
+                # RFC 6531 §3.2: only a message that really is internationalised must find a
+                # server with SMTPUTF8; a client asking for the extension is not enough.
+                smtputf8=transaction.smtputf8
+                and (
+                    content.inspector.header_8bit
+                    or not all(r.address.isascii() for r in transaction.remote)
+                    or not (transaction.sender is None or transaction.sender.is_ascii)
+                ),
                 envid=transaction.envid,
                 ret=transaction.ret,
             )
