@@ -200,6 +200,7 @@ def build_notification(
         description = "Undelivered message headers" if failed else "Message headers"
     out.write(_part_header(boundary, description, content_type, encoding))
     with message.path.open("rb") as original:
+        original.seek(message.offset)  # past the headers of our local copies
         pieces = _read(original, chunk_size) if full else _header_section(original, chunk_size)
         for piece in pieces:
             out.write_bytes(piece)

@@ -187,7 +187,10 @@ class OutboundMessage:
     sender: str  # "" for the null sender <>
     recipients: tuple[OutboundRecipient, ...]
     path: Path  # the message file: header and body, CRLF line endings, no dot-stuffing
-    size: int
+    size: int  # octets to send: the file from ``offset`` on
+    # Octets at the start of the file that belong to the local copies only (Return-Path and
+    # Delivered-To, RFC 5321 §4.4: added at final delivery), skipped when sending it on.
+    offset: int = 0
     body_8bit: bool = False  # BODY=8BITMIME was given
     smtputf8: bool = False  # SMTPUTF8 was given
     envid: str | None = None  # RFC 3461 §4.4, xtext already decoded

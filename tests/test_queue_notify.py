@@ -57,6 +57,7 @@ def test_bounce_to_a_local_sender_lands_in_their_mailbox(tmp_path: Path) -> None
     record = queue_message(harness.queue, "ID1", ["bob@elsewhere.example"])
     harness.notifier.send(record, harness.failed(record))
     [notice] = harness.store.mailboxes["alice@ours.example"]
+    assert notice.startswith(b"Return-Path: <>\r\nDelivered-To: alice@ours.example\r\n")
     message = email.message_from_bytes(notice, policy=email.policy.default)
     assert message.get_content_type() == "multipart/report"
     assert message["From"].addresses[0].addr_spec == "MAILER-DAEMON@mx.ours.example"
@@ -77,6 +78,8 @@ def test_bounce_to_a_remote_sender_is_queued_from_the_null_sender(tmp_path: Path
     harness.notifier.send(record, harness.failed(record))
     [(queued, content)] = harness.store.queued
     assert queued.sender == ""
+    assert content[: queued.offset] == b"Return-Path: <>\r\n"  # for a local copy only
+    assert content[queued.offset :].startswith(b"From: Mail Delivery System")
     assert [r.address for r in queued.recipients] == ["carol@far.example"]
     assert queued.size == len(content)
     assert harness.store.mailboxes == {}

@@ -86,11 +86,18 @@ class Notifier:
 
         async def deliver() -> None:
             try:
-                await deferToThreadPool(self._threads, self._pool, build)
                 lookup = await self._users.resolve_recipient(sender)
+                if lookup.outcome not in (Lookup.DELIVER, Lookup.NOT_OUR_DOMAIN):
+                    raise LookupError(f"the sender {sender} has no mailbox here any more")
+                # The headers final delivery adds (RFC 5321 §4.4), for a local copy only.
+                local = b"Return-Path: <>\r\n"
+                if len(lookup.mailboxes) == 1:
+                    local += f"Delivered-To: {lookup.mailboxes[0]}\r\n".encode()
+                spool.write(local)
+                await deferToThreadPool(self._threads, self._pool, build)
                 if lookup.outcome is Lookup.DELIVER:
                     await self._store.deliver(spool, lookup.mailboxes)
-                elif lookup.outcome is Lookup.NOT_OUR_DOMAIN:
+                else:
                     queued = QueueRecord.for_transaction(
                         id=id,
                         sender="",
@@ -99,11 +106,10 @@ class Notifier:
                         size=spool.size,
                         # The notice holds the original's 8-bit octets, if it had any.
                         body_8bit=record.body_8bit or record.smtputf8,
-                        smtputf8=not sender.is_ascii,
+                        smtputf8=record.smtputf8 or not sender.is_ascii,
+                        offset=len(local),
                     )
                     await self._store.deliver(spool, [], queued)
-                else:
-                    raise LookupError(f"the sender {sender} has no mailbox here any more")
             finally:
                 spool.discard()  # done with it either way (the store discards it too)
             log.info(

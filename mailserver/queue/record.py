@@ -73,6 +73,7 @@ class QueueRecord:
     envid: str | None = None
     ret: str | None = None
     delay_notified: bool = False  # a delay notice went out already (one per message)
+    offset: int = 0  # OutboundMessage.offset: the local copies' own headers, not sent on
     # Notices decided but not yet handed over (action, recipient addresses): kept on disk so
     # that a crash or a failure to send never loses a bounce; the record stays until they go.
     owed: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
@@ -91,6 +92,7 @@ class QueueRecord:
         smtputf8: bool = False,
         envid: str | None = None,
         ret: str | None = None,
+        offset: int = 0,
     ) -> QueueRecord:
         """A new record for a message just accepted: every recipient due at once."""
         return cls(
@@ -106,6 +108,7 @@ class QueueRecord:
             smtputf8=smtputf8,
             envid=envid,
             ret=ret,
+            offset=offset,
         )
 
     @property
@@ -127,7 +130,8 @@ class QueueRecord:
             sender=self.sender,
             recipients=tuple(r.outbound for r in recipients),
             path=path,
-            size=self.size,
+            size=self.size - self.offset,
+            offset=self.offset,
             body_8bit=self.body_8bit,
             smtputf8=self.smtputf8,
             envid=self.envid,
@@ -148,6 +152,7 @@ class QueueRecord:
             "envid": self.envid,
             "ret": self.ret,
             "delay_notified": self.delay_notified,
+            "offset": self.offset,
             "notices_owed": [
                 {"action": action, "recipients": list(addresses)} for action, addresses in self.owed
             ],
@@ -173,6 +178,7 @@ class QueueRecord:
                 "envid",
                 "ret",
                 "delay_notified",
+                "offset",
                 "notices_owed",
                 "recipients",
             }
@@ -190,6 +196,7 @@ class QueueRecord:
                 envid=_optional_text(document.get("envid")),
                 ret=_optional_text(document.get("ret")),
                 delay_notified=bool(document.get("delay_notified", False)),
+                offset=int(document.get("offset", 0)),
                 owed=[
                     (_text(item["action"]), tuple(_text(a) for a in item["recipients"]))
                     for item in document.get("notices_owed", [])

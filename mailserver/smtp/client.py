@@ -350,9 +350,13 @@ class _FileReader:
         self._reactor = reactor
         self._pool = pool
 
-    def reader(self, path: Path) -> Callable[[int, int], Deferred[bytes]]:
+    def reader(self, path: Path, start: int = 0) -> Callable[[int, int], Deferred[bytes]]:
+        """Reads of ``path`` counted from octet ``start``."""
+
         def read(offset: int, size: int) -> Deferred[bytes]:
-            return deferToThreadPool(self._reactor, self._pool, read_chunk, path, offset, size)
+            return deferToThreadPool(
+                self._reactor, self._pool, read_chunk, path, start + offset, size
+            )
 
         return read
 
@@ -548,7 +552,7 @@ class SMTPClientProtocol(Protocol):
 
         streamer = MessageStreamer(
             self.transport,  # type: ignore[arg-type]
-            self._files.reader(message.path),
+            self._files.reader(message.path, message.offset),
             SMTPDataEncoder(),
             b"",
             on_progress=self._block_written,

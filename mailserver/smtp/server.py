@@ -120,6 +120,7 @@ class _Content:
             self.write if spool else _discard, max_size, keep_header=keep_header
         )
         self.decoder: DotDecoder | None = None
+        self.local_headers = 0  # octets at the start for local copies only
         self.chunk_remaining = 0
         self.last = True
         self.discard_reply: Reply | None = None
@@ -436,6 +437,7 @@ class SMTPServerProtocol(LineServerProtocol):
                 Spool(self.factory.spool_directory), action.max_size, action.keep_header
             )
             content.write(action.trace_headers)
+            content.local_headers = action.local_headers
         if action.chunk_size is None:
             content.decoder = DotDecoder(content.inspector)
         else:
@@ -478,6 +480,7 @@ class SMTPServerProtocol(LineServerProtocol):
                 ),
                 envid=transaction.envid,
                 ret=transaction.ret,
+                offset=content.local_headers,
             )
 
         def delivered(name: str) -> Reply:

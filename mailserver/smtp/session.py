@@ -155,7 +155,10 @@ class CheckRecipient:
 class ReceiveContent:
     """Send ``reply`` (354, or nothing for BDAT), then receive message content.
 
-    ``trace_headers`` go first into the stored message. With ``chunk_size`` None the content
+    ``trace_headers`` go first into the stored message; its first ``local_headers`` octets
+    (Return-Path, Delivered-To) belong to local copies only and are not sent on to other
+    servers (RFC 5321 §4.4: Return-Path is added at final delivery). With ``chunk_size`` None
+    the content
     is dot-stuffed and ends at CRLF.CRLF (DATA); otherwise exactly ``chunk_size`` octets
     follow (BDAT), and ``last`` says whether this chunk ends the message. ``discard`` asks for
     the octets to be read and thrown away (a BDAT that must be refused once read, RFC 3030 §3).
@@ -168,6 +171,7 @@ class ReceiveContent:
     last: bool = True
     discard: Reply | None = None
     keep_header: bool = False  # the session will need the header section (From check)
+    local_headers: int = 0
 
 
 @dataclass(frozen=True)
@@ -501,9 +505,11 @@ class SMTPSession:
         assert transaction is not None
         first = not self._content_started
         self._content_started = True
+        trace = self._trace_headers(transaction) if first else b""
         return ReceiveContent(
             reply=reply,
-            trace_headers=self._trace_headers(transaction) if first else b"",
+            trace_headers=trace,
+            local_headers=trace.find(b"Received: ") if first else 0,
             max_size=self.policy.max_message_size,
             chunk_size=chunk_size,
             last=last,

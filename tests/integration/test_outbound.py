@@ -346,11 +346,6 @@ def test_msmtp_submission_is_delivered_once_byte_identical(
     assert mailbox_count(server) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: the queued file is the local delivery's file, Return-Path and "
-    "Delivered-To included, and it is sent to the next server as it is",
-)
 def test_relayed_copy_has_no_delivery_headers(start_server: StartServer, sink: SMTPSink) -> None:
     """Alice writes to herself and to bob@elsewhere.test. Her own copy starts with the
     Return-Path and Delivered-To of final delivery, as local mail should; the copy relayed to
@@ -631,11 +626,6 @@ def test_queue_list_show_bounce_and_delete(start_server: StartServer, sink: SMTP
     assert sink.connections == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: a queue delete (or bounce) that the runner picks up while the message "
-    "is being delivered is dropped with a warning, though the command said it was handed over",
-)
 def test_queue_delete_during_an_attempt_is_not_lost(
     start_server: StartServer, sink: SMTPSink
 ) -> None:
