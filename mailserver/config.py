@@ -325,6 +325,21 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def _domains(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _expected('a list of domains like ["bank.example"]', value)
+    reasons: list[str] = []
+    domains: list[str] = []
+    for item in value:
+        try:
+            domains.append(_hostname(item))
+        except _Invalid as invalid:
+            reasons += invalid.reasons
+    if reasons:
+        raise _Invalid(*reasons)
+    return tuple(domains)
+
+
 def _recipient_delimiter(value: object) -> str:
     if not isinstance(value, str) or not (value == "" or (len(value) == 1 and value in "+-_=.")):
         raise _expected('"" (no subaddressing) or one character of "+-_=."', value)
@@ -505,6 +520,8 @@ class OutboundConfig:
     resolver: tuple[HostPort, ...] = _setting((), _resolvers)
     mx_port: int = _setting(25, _int_between(1, 65535))
     tls: str = _setting("opportunistic", _one_of("opportunistic", "required", "off"))
+    # Domains whose servers must offer STARTTLS with a certificate valid for their name.
+    tls_required: tuple[str, ...] = _setting((), _domains)
     trust_file: Path | None = _setting(None, _optional_path)  # noqa: RUF009 (None)
     routes: dict[str, HostPort] = field(default_factory=dict, metadata={"check": _routes})
     smarthost: HostPort | None = _setting(None, _optional_host_port)  # noqa: RUF009 (None)

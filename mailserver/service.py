@@ -26,12 +26,13 @@ from twisted.python.threadpool import ThreadPool
 from mailserver import durable
 from mailserver.authlimit import LoginThrottle
 from mailserver.committer import GroupCommitter
-from mailserver.config import EMBEDDED_DEFAULT, Config
+from mailserver.config import EMBEDDED_DEFAULT, Config, OutboundConfig
 from mailserver.limits import ConnectionLimiter
 from mailserver.listeners import ListenerService, split_tls_listener
 from mailserver.logins import LoginChecker
 from mailserver.maildir import MaildirStore
 from mailserver.queue.store import QueueStore
+from mailserver.smtp.client_session import ClientSettings
 from mailserver.smtp.server import SMTPServerFactory, Timeouts
 from mailserver.smtp.session import SessionPolicy
 from mailserver.spool import clean_stale
@@ -302,7 +303,7 @@ def _outbound_delivery(
     from mailserver.queue.runner import QueueRunner
     from mailserver.queue.schedule import RetryPolicy
     from mailserver.routing import Route, Router, make_resolver
-    from mailserver.smtp.client_session import ClientSettings, ClientTimeouts
+    from mailserver.smtp.client_session import ClientTimeouts
 
     outbound = config.outbound
     hostname = config.server.hostname
@@ -354,8 +355,7 @@ def _outbound_delivery(
             settings,
             reactor,
             pool,
-            # The smarthost's password is for the smarthost only, never for a route's host.
-            domain_settings={domain: replace(settings, auth=None) for domain in outbound.routes},
+            domain_settings=_domain_settings(outbound, settings),
         ),
         notifier,
         reactor,
@@ -365,6 +365,19 @@ def _outbound_delivery(
     )
     store.queued_observer = runner.add
     runner.setServiceParent(top)
+
+
+def _domain_settings(
+    outbound: OutboundConfig, settings: ClientSettings
+) -> dict[str, ClientSettings]:
+    """Where a domain differs from the rest: a route's host never gets the smarthost's
+    password; a domain in ``tls_required`` gets verified TLS whatever the default."""
+    special: dict[str, ClientSettings] = {}
+    for domain in outbound.routes:
+        special[domain] = replace(settings, auth=None)
+    for domain in outbound.tls_required:
+        special[domain] = replace(special.get(domain, settings), tls="required")
+    return special
 
 
 def _our_addresses(listen: tuple[str, ...], mx_port: int) -> list[str]:

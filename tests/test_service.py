@@ -421,3 +421,23 @@ def test_our_addresses_are_the_mx_listeners_on_the_mx_port() -> None:
         "unix:/run/smtp.sock",
     )
     assert service._our_addresses(listen, 25) == ["0.0.0.0", "192.0.2.1", "::1"]
+
+
+def test_per_domain_client_settings(tmp_path: Path) -> None:
+    """A route's host never gets the smarthost's password; a domain in tls_required gets
+    verified TLS, whatever the default."""
+    from mailserver.smtp.client_session import ClientSettings
+
+    config = make_config(
+        tmp_path,
+        CONFIG
+        + '[outbound]\ntls_required = ["bank.example", "routed.example"]\n'
+        + 'routes = { "routed.example" = "192.0.2.7:25" }\n',
+    )
+    settings = ClientSettings(hostname="mx.ours.example", auth=("relay-user", "secret"))
+    special = service._domain_settings(config.outbound, settings)
+    assert special["routed.example"].auth is None
+    assert special["routed.example"].tls == "required"
+    assert special["bank.example"].auth == ("relay-user", "secret")
+    assert special["bank.example"].tls == "required"
+    assert "other.example" not in special
