@@ -14,6 +14,7 @@ from mailserver.interfaces import (
     DeliveryOutcome,
     ICourier,
     OutboundMessage,
+    OutboundRecipient,
     RecipientResult,
     ReplyInfo,
 )
@@ -386,3 +387,24 @@ def test_delete_of_a_message_in_flight_waits_for_its_attempt(tmp_path: Path) -> 
     assert harness.runner.records == {}
     assert files(harness.store.directory) == []
     assert harness.notifier.sent == []
+
+
+def test_delivered_notice_for_a_local_recipient(tmp_path: Path) -> None:
+    """A record that only owes a "delivered" notice (local delivery with NOTIFY=SUCCESS) is
+    never handed to the courier: the notice goes out and the record leaves the queue."""
+    harness = Harness(tmp_path)
+    harness.start()
+    record = QueueRecord.for_transaction(
+        id="B",
+        sender="alice@ours.example",
+        recipients=[],
+        created=harness.clock.seconds(),
+        size=30,
+        delivered=[OutboundRecipient("bob@ours.example", frozenset({"SUCCESS"}))],
+    )
+    harness.store.message_path("B").write_bytes(b"From: alice@ours.example\r\n\r\nHi\r\n")
+    harness.store.save_blocking(record)
+    harness.runner.add(record)
+    assert harness.courier.calls == []
+    assert ("B", Action.DELIVERED, ["bob@ours.example"]) in harness.notifier.sent
+    assert "B" not in harness.runner.records

@@ -1172,3 +1172,21 @@ class SecurityTests(ServerTestCase):
             self.assertEqual(client.codes(), codes(replies.MESSAGE_ACCEPTED))
             record, _ = self.store.queued[-1]
             self.assertIs(record.smtputf8, expected)
+
+    def test_local_delivery_notice_when_asked_for(self) -> None:
+        """NOTIFY=SUCCESS on a local recipient: the copy is delivered at once, and a queue
+        record owing the "delivered" notice is written with it (RFC 3461 §5.2.3)."""
+        client = self.logged_in()
+        client.send(
+            b"MAIL FROM:<alice@ours.example>\r\n"
+            b"RCPT TO:<bob@ours.example> NOTIFY=SUCCESS ORCPT=rfc822;bob@ours.example\r\n"
+            b"DATA\r\n"
+        )
+        client.take()
+        client.send(message(b"From: alice@ours.example\r\n\r\nHi\r\n"))
+        self.assertEqual(client.codes(), codes(replies.MESSAGE_ACCEPTED))
+        self.assertEqual(len(self.store.mailboxes["bob@ours.example"]), 1)
+        [(record, _)] = self.store.queued
+        self.assertEqual(record.pending, [])
+        self.assertEqual(record.owed, [("delivered", ("bob@ours.example",))])
+        self.assertEqual(record.recipients[0].orcpt, "rfc822;bob@ours.example")

@@ -93,8 +93,18 @@ class QueueRecord:
         envid: str | None = None,
         ret: str | None = None,
         offset: int = 0,
+        delivered: Sequence[OutboundRecipient] = (),
     ) -> QueueRecord:
-        """A new record for a message just accepted: every recipient due at once."""
+        """A new record for a message just accepted: every recipient due at once, and those
+        ``delivered`` locally already, with the "delivered" notice their NOTIFY asked for
+        owed (RFC 3461 §5.2.3)."""
+        done = [
+            QueuedRecipient(
+                r.address, r.notify, r.orcpt, state=RecipientState.DELIVERED, last_attempt=created
+            )
+            for r in delivered
+        ]
+        owed = [("delivered", tuple(r.address for r in delivered))] if delivered else []
         return cls(
             id=id,
             sender=sender,
@@ -103,7 +113,9 @@ class QueueRecord:
             recipients=[
                 QueuedRecipient(r.address, r.notify, r.orcpt, next_attempt=created)
                 for r in recipients
-            ],
+            ]
+            + done,
+            owed=owed,
             body_8bit=body_8bit,
             smtputf8=smtputf8,
             envid=envid,

@@ -157,6 +157,8 @@ class QueueRunner(Service):
         if record.id not in self.records:
             self.records[record.id] = record
             self._wake(record)
+            if record.owed and self._loaded:
+                self._settle(record)  # "delivered" notices for local recipients
         if self._loaded:
             self._schedule()
 
@@ -181,6 +183,8 @@ class QueueRunner(Service):
                 if record.id not in self.records and record.id not in self._leaving:
                     self.records[record.id] = record
                     self._wake(record)
+                    if record.owed:
+                        self._settle(record)
             self._schedule()
 
         self._store.read_new(frozenset(self.records) | self._leaving).addCallbacks(

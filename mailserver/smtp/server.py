@@ -462,11 +462,12 @@ class SMTPServerProtocol(LineServerProtocol):
             size=size,
         )
         queued = None
-        if transaction.remote:
+        if transaction.remote or transaction.notify_delivered:
             queued = QueueRecord.for_transaction(
                 id=transaction.id,
                 sender=str(transaction.sender or ""),
                 recipients=transaction.remote,
+                delivered=transaction.notify_delivered,
                 created=self.factory.reactor.seconds(),
                 size=content.spool.size,
                 body_8bit=transaction.body_8bit,

@@ -134,6 +134,9 @@ class Transaction:
     recipients: list[Mailbox] = field(default_factory=list)
     mailboxes: list[str] = field(default_factory=list)
     remote: list[OutboundRecipient] = field(default_factory=list)  # for the outbound queue
+    # Local recipients whose sender asked to hear of their delivery (RFC 3461 NOTIFY=SUCCESS):
+    # the queue sends those "delivered" notices, once the local copies are stored.
+    notify_delivered: list[OutboundRecipient] = field(default_factory=list)
     ret: str | None = None  # RFC 3461 §4.3
     envid: str | None = None  # RFC 3461 §4.4, decoded
 
@@ -364,6 +367,11 @@ class SMTPSession:
         assert recipient is not None and transaction is not None
         self._pending_recipient = None
         if lookup.outcome is Lookup.DELIVER:
+            notify, orcpt = self._pending_dsn
+            if notify and "SUCCESS" in notify and transaction.sender is not None:
+                transaction.notify_delivered.append(
+                    OutboundRecipient(str(recipient), notify, orcpt)
+                )
             transaction.recipients.append(recipient)
             transaction.add_mailboxes(lookup.mailboxes)
             self.state = State.RCPT
