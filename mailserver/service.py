@@ -298,6 +298,7 @@ def _outbound_delivery(
 ) -> None:
     """The queue runner, its SMTP courier and the notifier, in the twistd process only: worker
     processes queue into the same directory, where the runner finds their messages."""
+    from mailserver.address import parse_path
     from mailserver.courier import SMTPCourier
     from mailserver.queue.notify import Notifier
     from mailserver.queue.runner import QueueRunner
@@ -347,6 +348,7 @@ def _outbound_delivery(
         reactor,
         pool,
         policy,
+        postmaster=parse_path(f"<{smtp.policy.postmaster}>", allow_null=False),
     )
     runner = QueueRunner(
         store.queue,

@@ -7,7 +7,9 @@ import email.policy
 from pathlib import Path
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
+from mailserver.address import Mailbox
 from mailserver.dsn import Action
 from mailserver.interfaces import ReplyInfo
 from mailserver.memory import MemoryMailStore, MemoryUserDatabase
@@ -103,14 +105,20 @@ def test_notify_never_is_respected(tmp_path: Path) -> None:
 
 
 def test_sender_without_a_mailbox_any_more(tmp_path: Path) -> None:
-    """A local sender removed since gets no notice; the failure says why and leaves no
-    spool file."""
+    """A local sender removed since: the notice goes to the postmaster; without one, it is
+    dropped (logged) rather than tried for ever; no spool file is left either way."""
     harness = Harness(tmp_path)
+    harness.users.add_user("postmaster@ours.example", "x")
+    harness.notifier._postmaster = Mailbox("postmaster", "ours.example")  # type: ignore[attr-defined]
     record = queue_message(
         harness.queue, "ID1", ["bob@elsewhere.example"], sender="gone@ours.example"
     )
     result = harness.notifier.send(record, harness.failed(record))
-    failures: list[object] = []
-    result.addErrback(failures.append)
-    assert len(failures) == 1
+    assert result.called and not isinstance(result.result, Failure)
+    assert len(harness.store.mailboxes["postmaster@ours.example"]) == 1
+
+    harness.notifier._postmaster = None  # type: ignore[attr-defined]
+    result = harness.notifier.send(record, harness.failed(record))
+    assert result.called and not isinstance(result.result, Failure)
+    assert len(harness.store.mailboxes["postmaster@ours.example"]) == 1
     assert list((tmp_path / "spool").iterdir()) == []

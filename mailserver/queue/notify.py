@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from mailserver.address import AddressError, parse_path
+from mailserver.address import AddressError, Mailbox, parse_path
 from mailserver.dsn import Action, RecipientReport, build_notification, status_for, wants_notice
 from mailserver.interfaces import IMailStore, IUserDatabase, Lookup, OutboundRecipient
 from mailserver.queue.record import QueuedRecipient, QueueRecord
@@ -44,7 +44,9 @@ class Notifier:
         threads: IReactorFromThreads,
         pool: ThreadPool,
         policy: RetryPolicy,
+        postmaster: Mailbox | None = None,
     ) -> None:
+        self._postmaster = postmaster
         self._hostname = hostname
         self._store = store
         self._queue = queue
@@ -88,7 +90,19 @@ class Notifier:
             try:
                 lookup = await self._users.resolve_recipient(sender)
                 if lookup.outcome not in (Lookup.DELIVER, Lookup.NOT_OUR_DOMAIN):
-                    raise LookupError(f"the sender {sender} has no mailbox here any more")
+                    # The sender is gone from our domains: the postmaster gets the notice,
+                    # as nobody else can act on it (and it must not wait for ever).
+                    if self._postmaster is not None:
+                        lookup = await self._users.resolve_recipient(self._postmaster)
+                    if lookup.outcome is not Lookup.DELIVER:
+                        log.warn(
+                            "notice {action} for {id} dropped: <{sender}> has no mailbox here"
+                            " and the postmaster none either",
+                            action=notice.action.value,
+                            id=record.id,
+                            sender=record.sender,
+                        )
+                        return
                 # The headers final delivery adds (RFC 5321 §4.4), for a local copy only.
                 local = b"Return-Path: <>\r\n"
                 if len(lookup.mailboxes) == 1:
