@@ -408,3 +408,19 @@ def test_delivered_notice_for_a_local_recipient(tmp_path: Path) -> None:
     assert harness.courier.calls == []
     assert ("B", Action.DELIVERED, ["bob@ours.example"]) in harness.notifier.sent
     assert "B" not in harness.runner.records
+
+
+def test_delete_while_a_notice_waits_to_be_retried(tmp_path: Path) -> None:
+    """Deleting a message whose notice is waiting to be tried again removes it for good: the
+    waiting retry does not bring its record back."""
+    harness = Harness(tmp_path)
+    harness.notifier = FailingNotifier(failures=100)
+    harness.runner._notifier = harness.notifier  # type: ignore[attr-defined]
+    harness.courier.script["x@e.example"] = [(DeliveryOutcome.PERMANENT, NEVER)]
+    harness.queue("A", "x@e.example")
+    harness.start()
+    control.submit(harness.store, control.Command("delete", "A"))
+    harness.advance(1)
+    harness.advance(RETRY_LATER * 3)
+    assert files(harness.store.directory) == []
+    assert harness.runner.records == {}

@@ -390,3 +390,28 @@ def test_everyday_from_fields_read_like_the_full_parser(value: str) -> None:
     expected = [a.addr_spec for a in SMTPUTF8.header_factory("From", value).addresses]
     authors = authors_of(f"From: {value}\r\n\r\n".encode(), whole_message=False)
     assert [str(author) for author in authors] == expected
+
+
+@pytest.mark.parametrize("split", range(1, 20))
+def test_header_8bit_wherever_the_feeds_split(split: int) -> None:
+    """UTF-8 only in the body never marks the header as 8-bit, wherever a feed ends (the
+    blank line split across two feeds included); UTF-8 in the header always does."""
+    for content, expected in (
+        ("Subject: x\r\n\r\nHéllo\r\n".encode(), False),
+        ("Subject: é\r\n\r\nHello\r\n".encode(), True),
+        ("\r\nHéllo\r\n".encode(), False),
+    ):
+        inspector = ContentInspector(lambda data: None, 10_000)
+        inspector.feed(content[:split])
+        inspector.feed(content[split:])
+        assert inspector.header_8bit is expected, content
+
+
+@pytest.mark.parametrize(
+    "value", ["..  <alice@ours.example", " :.<alice@ours.example> ", '"\x1b[2J" <a@b.example>']
+)
+def test_from_values_that_trip_the_parser_are_refused(value: str) -> None:
+    """Values on which the email package fails, or that hide control characters, are refused
+    as malformed, never an exception escaping to the connection."""
+    with pytest.raises(AuthorError):
+        authors_of(f"From: {value}\r\n\r\n".encode(), whole_message=False)

@@ -120,7 +120,8 @@ class Notifier:
                         size=spool.size,
                         # The notice holds the original's 8-bit octets, if it had any.
                         body_8bit=record.body_8bit or record.smtputf8,
-                        smtputf8=record.smtputf8 or not sender.is_ascii,
+                        # Its UTF-8 is in the body (message/global), which needs 8BITMIME only.
+                        smtputf8=not sender.is_ascii,
                         offset=len(local),
                     )
                     await self._store.deliver(spool, [], queued)

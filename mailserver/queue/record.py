@@ -20,6 +20,7 @@ from mailserver.address import AddressError, normalize_domain
 from mailserver.interfaces import OutboundMessage, OutboundRecipient, ReplyInfo
 
 VERSION = 1
+NOTICE_ACTIONS = ("failed", "delayed", "delivered", "relayed")
 
 
 class RecordError(ValueError):
@@ -210,7 +211,7 @@ class QueueRecord:
                 delay_notified=bool(document.get("delay_notified", False)),
                 offset=int(document.get("offset", 0)),
                 owed=[
-                    (_text(item["action"]), tuple(_text(a) for a in item["recipients"]))
+                    (_action(item["action"]), tuple(_text(a) for a in item["recipients"]))
                     for item in document.get("notices_owed", [])
                 ],
                 extra={k: v for k, v in document.items() if k not in known},
@@ -225,6 +226,14 @@ def _text(value: object) -> str:
     if not isinstance(value, str):
         raise RecordError(f"expected text, got {value!r}")
     return value
+
+
+def _action(value: object) -> str:
+    """A notice's action as the runner can send it (RFC 3464 §2.3.3)."""
+    action = _text(value)
+    if action not in NOTICE_ACTIONS:
+        raise RecordError(f"unknown notice action {action!r}")
+    return action
 
 
 def _optional_text(value: object) -> str | None:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -105,6 +105,7 @@ class QueueRunner(Service):
         self._last_full_look = 0.0
         self._postponed: list[control.Command] = []  # commands for messages in flight
         self._notifying: set[str] = set()  # ids whose owed notices are being handed over
+        self._retries: dict[str, IDelayedCall] = {}  # one pending "settle later" per record
         self._loaded = False
         self._scheduling = False
         self._schedule_again = False
@@ -122,6 +123,10 @@ class QueueRunner(Service):
         self._timer = None
         if self._poll.running:
             self._poll.stop()
+        for retry in self._retries.values():
+            if retry.active():
+                retry.cancel()
+        self._retries.clear()
         # Saves in progress finish: the records on disk stay true to what happened.
         pending = list(self._saving.values())
         return DeferredList(pending) if pending else None  # type: ignore[return-value]
@@ -216,6 +221,7 @@ class QueueRunner(Service):
                 log.info("queue: retrying {id} now", id=id)
             elif command.action == "delete":
                 del self.records[id]
+                self._cancel_retry(id)
                 self._resave.discard(id)
                 self._remove(id)
                 log.info("queue: deleted {id} without notice", id=id)
@@ -391,8 +397,11 @@ class QueueRunner(Service):
         deliver or to tell, remove it. Whatever fails is tried again later: a record leaves
         the queue only when every notice it owed is on its way."""
 
+        if self.records.get(record.id) is not record:
+            return  # deleted, or finished, meanwhile
+
         def saved(_: None) -> None:
-            if record.id not in self.records:
+            if self.records.get(record.id) is not record:
                 return  # deleted meanwhile
             if record.owed:
                 self._hand_over(record)
@@ -403,9 +412,26 @@ class QueueRunner(Service):
 
         def failed(failure: Failure) -> None:
             self._log_failure(failure, "saving", record.id)
-            self._clock.callLater(RETRY_LATER, self._settle, record)
+            self._settle_later(record)
 
         self._persist(record).addCallbacks(saved, failed)
+
+    def _settle_later(self, record: QueueRecord) -> None:
+        """Try :meth:`_settle` again in a while: one timer per record, however many
+        failures asked for it."""
+        if record.id in self._retries or not self.running:
+            return
+
+        def again() -> None:
+            del self._retries[record.id]
+            self._settle(record)
+
+        self._retries[record.id] = self._clock.callLater(RETRY_LATER, again)
+
+    def _cancel_retry(self, id: str) -> None:
+        retry = self._retries.pop(id, None)
+        if retry is not None and retry.active():
+            retry.cancel()
 
     def _hand_over(self, record: QueueRecord) -> None:
         if record.id in self._notifying:
@@ -420,7 +446,7 @@ class QueueRunner(Service):
             self._log_failure(failure, f"sending the {entry[0]} notice for", record.id)
 
         sends = [
-            self._notifier.send(record, self._notice(record, entry)).addCallbacks(
+            maybeDeferred(self._notifier.send, record, self._notice(record, entry)).addCallbacks(
                 sent, not_sent, callbackArgs=(entry,), errbackArgs=(entry,)
             )
             for entry in owed
@@ -428,12 +454,12 @@ class QueueRunner(Service):
 
         def all_tried(_: object) -> None:
             self._notifying.discard(record.id)
-            if record.id not in self.records:
+            if self.records.get(record.id) is not record:
                 return
-            if record.owed:  # some could not be sent: later
-                self._clock.callLater(RETRY_LATER, self._settle, record)
+            if any(entry in owed for entry in record.owed):  # some could not be sent
+                self._settle_later(record)
             else:
-                self._settle(record)
+                self._settle(record)  # saves the shorter list, or sends what came since
 
         DeferredList(sends).addBoth(all_tried)
 

@@ -40,7 +40,7 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _SIMPLE_FROM = re.compile(
     rf"[ \t]*(?:(?P<bare>{_DOT_ATOM}@{_DOT_ATOM})"
-    rf'|(?:[A-Za-z0-9!#$%&\'*+/=?^_`{{|}}~ \t.-]*|"[^"\\\r\n]*")[ \t]*'
+    rf'|(?:[A-Za-z0-9!#$%&\'*+/=?^_`{{|}}~ \t.-]*|"[^"\\\x00-\x1f\x7f]*")[ \t]*'
     rf"<(?P<angle>{_DOT_ATOM}@{_DOT_ATOM})>)[ \t]*"
 )
 
@@ -85,9 +85,6 @@ class ContentInspector:
             return
         self.size += len(content)
         if self._in_headers:
-            if not self.header_8bit:
-                end = content.find(_HEADER_END)
-                self.header_8bit = not (content if end < 0 else content[:end]).isascii()
             if self._header is not None and len(self._header) < MAX_KEPT_HEADER:
                 self._header += content[: MAX_KEPT_HEADER - len(self._header)]
             self._scan_headers(content)
@@ -129,6 +126,8 @@ class ContentInspector:
         if end >= 0:
             self._in_headers = False
             text = text[: end + 2]
+        if not self.header_8bit and not text.isascii():
+            self.header_8bit = True
         self._received += text.count(_RECEIVED)
         self._header_tail = text[-_HEADER_TAIL:]
 
@@ -217,7 +216,10 @@ def authors_of(header: bytes | None, whole_message: bool) -> tuple[Mailbox, ...]
             raise AuthorError(f"its From header field holds a bad address: {error}") from error
         assert mailbox is not None
         return (mailbox,)
-    parsed = SMTPUTF8.header_factory("From", text)
+    try:
+        parsed = SMTPUTF8.header_factory("From", text)
+    except Exception as error:  # the email package fails in assorted ways on hostile input
+        raise AuthorError("its From header field is malformed") from error
     # typeshed leaves out BaseHeader.defects, which every parsed header has. A non-ASCII
     # local part is no defect here: SMTPUTF8 and RFC 6532 allow it.
     defects = [

@@ -368,7 +368,9 @@ class SMTPSession:
         self._pending_recipient = None
         if lookup.outcome is Lookup.DELIVER:
             notify, orcpt = self._pending_dsn
-            if notify and "SUCCESS" in notify and transaction.sender is not None:
+            # A success notice only for our own users' mail: for anyone's, it would be a
+            # way to make us send mail to an address of their choosing (backscatter).
+            if notify and "SUCCESS" in notify and transaction.sender and self.user:
                 transaction.notify_delivered.append(
                     OutboundRecipient(str(recipient), notify, orcpt)
                 )
@@ -467,8 +469,9 @@ class SMTPSession:
             return replies.TOO_MANY_HOPS
         return None
 
-    def _trace_headers(self, transaction: Transaction) -> bytes:
-        """Return-Path, Received (§4.4) and, for a single mailbox, Delivered-To.
+    def _trace_headers(self, transaction: Transaction) -> tuple[bytes, int]:
+        """Return-Path, Received (§4.4) and, for a single mailbox, Delivered-To; and how
+        many octets at their start are for local copies only (all but Received).
 
         Every value here was parsed and validated (no CR or LF can reach it). With several
         recipients the "for" clause and Delivered-To are left out: the file is shared by all
@@ -486,8 +489,8 @@ class SMTPSession:
         if len(transaction.recipients) == 1:
             received += f"\r\n\tfor <{transaction.recipients[0]}>"
         received += f";\r\n\t{formatdate(self._now(), localtime=True)}"
-        lines.append(received)
-        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+        local = ("".join(line + "\r\n" for line in lines)).encode("utf-8")
+        return local + (received + "\r\n").encode("utf-8"), len(local)
 
     def _protocol_name(self, transaction: Transaction) -> str:
         """The Received header's "with" keyword: RFC 3848 (ESMTPS, ESMTPA, ESMTPSA) and
@@ -513,11 +516,11 @@ class SMTPSession:
         assert transaction is not None
         first = not self._content_started
         self._content_started = True
-        trace = self._trace_headers(transaction) if first else b""
+        trace, local = self._trace_headers(transaction) if first else (b"", 0)
         return ReceiveContent(
             reply=reply,
             trace_headers=trace,
-            local_headers=trace.find(b"Received: ") if first else 0,
+            local_headers=local,
             max_size=self.policy.max_message_size,
             chunk_size=chunk_size,
             last=last,
