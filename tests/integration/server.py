@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,10 +18,23 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 MAILSERVER = [sys.executable, "-m", "mailserver"]
 
 
+# Ports for the servers under test come from below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 by default): a port the kernel handed out as free
+# could otherwise be taken by some client connection's own end before the server binds it.
+_PORTS = range(21000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback port nothing listens on now, outside the ephemeral range."""
+    for _ in range(1000):
+        port = random.choice(_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
