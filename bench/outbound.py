@@ -213,6 +213,13 @@ class OurServer:
         return 0
 
 
+def postconf(name: str) -> str:
+    """A Postfix default setting (``postconf -d -h NAME``)."""
+    return subprocess.run(
+        [tool("postconf"), "-d", "-h", name], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 class PostfixServer:
     """A private Postfix instance relaying the sink's domain to the sink."""
 
@@ -226,11 +233,6 @@ class PostfixServer:
         for path in (conf, queue, data, directory / "log"):
             path.mkdir(parents=True, exist_ok=True)
         os.chown(data, pwd.getpwnam("postfix").pw_uid, grp.getgrnam("postfix").gr_gid)
-
-        def postconf(name: str) -> str:
-            return subprocess.run(
-                [tool("postconf"), "-d", "-h", name], capture_output=True, text=True, check=True
-            ).stdout.strip()
 
         self.conf = conf
         (conf / "main.cf").write_text(
@@ -270,17 +272,7 @@ class PostfixServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        master = (
-            Path(
-                subprocess.run(
-                    [tool("postconf"), "-d", "-h", "daemon_directory"],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout.strip()
-            )
-            / "master"
-        )
+        master = Path(postconf("daemon_directory")) / "master"
         self.process = subprocess.Popen(
             [str(master), "-c", str(self.conf), "-d"],
             stdout=subprocess.DEVNULL,

@@ -31,6 +31,11 @@ _FILE_OPTIONS = ("privateKey", "certKey")
 _FIELD_SEPARATOR = re.compile(r"(?<!\\):")
 
 
+def endpoint_fields(description: str) -> list[str]:
+    """The colon-separated fields of an endpoint string, backslash escapes kept."""
+    return _FIELD_SEPARATOR.split(description)
+
+
 class ListenerError(ValueError):
     """An ssl: listener description that cannot be used; the message says why."""
 
@@ -43,7 +48,7 @@ def split_tls_listener(description: str) -> tuple[str, TLSFiles | None]:
     ``privateKey`` file, as with Twisted's ssl: endpoints; without either, the files are None
     and the [tls] section's certificate applies.
     """
-    fields = _FIELD_SEPARATOR.split(description)
+    fields = endpoint_fields(description)
     if fields[0] != "ssl":
         raise ListenerError(f"not an ssl: listener: {description}")
     tcp = ["tcp"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import re
 import signal
 import sys
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from mailserver.authlimit import LoginThrottle
 from mailserver.committer import GroupCommitter
 from mailserver.config import EMBEDDED_DEFAULT, Config, OutboundConfig
 from mailserver.limits import ConnectionLimiter
-from mailserver.listeners import ListenerService, split_tls_listener
+from mailserver.listeners import ListenerService, endpoint_fields, split_tls_listener
 from mailserver.logins import LoginChecker
 from mailserver.maildir import MaildirStore
 from mailserver.queue.store import QueueStore
@@ -386,7 +385,7 @@ def _our_addresses(listen: tuple[str, ...], mx_port: int) -> list[str]:
     """The addresses our MX listeners answer on at ``mx_port``: an MX host there is us."""
     addresses = []
     for description in listen:
-        parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", description)]
+        parts = [part.replace("\\:", ":") for part in endpoint_fields(description)]
         kind, port, *options = [*parts, ""]
         if kind in ("tcp", "tcp6", "ssl") and port == str(mx_port):
             named = dict(option.split("=", 1) for option in options if "=" in option)
