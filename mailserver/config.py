@@ -26,14 +26,19 @@ from typing import Any, TypeGuard, TypeVar
 from twisted.internet.endpoints import serverFromString
 
 from mailserver.address import AddressError, normalize
+from mailserver.dkimkeys import KeyFileError, load_key
 from mailserver.listeners import ListenerError, split_tls_listener
 from mailserver.tls import TLSFileError, TLSFiles, load_context
 
 __all__ = [
     "EMBEDDED_DEFAULT",
     "AccountsConfig",
+    "ChecksConfig",
     "Config",
     "ConfigError",
+    "DKIMConfig",
+    "DKIMKey",
+    "DNSConfig",
     "HostPort",
     "OutboundConfig",
     "POP3Config",
@@ -516,8 +521,6 @@ class TLSConfig:
 class OutboundConfig:
     """Delivery of mail to other servers, through the outbound queue."""
 
-    # DNS servers for MX look-ups ("address:port"); empty means those of /etc/resolv.conf.
-    resolver: tuple[HostPort, ...] = _setting((), _resolvers)
     mx_port: int = _setting(25, _int_between(1, 65535))
     tls: str = _setting("opportunistic", _one_of("opportunistic", "required", "off"))
     # Domains whose servers must offer STARTTLS with a certificate valid for their name.
@@ -534,6 +537,87 @@ class OutboundConfig:
     max_connections: int = _setting(20, _int_between(1, 1000))
     max_connections_per_domain: int = _setting(5, _int_between(1, 1000))
     connect_timeout: float = _setting(30.0, _duration)
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    """How the server asks DNS: MX routing, SPF, DKIM keys, DMARC policies."""
+
+    # DNS servers ("address:port"); empty means those of /etc/resolv.conf.
+    resolver: tuple[HostPort, ...] = _setting((), _resolvers)
+    timeout: float = _setting(10.0, _duration)  # for one query, all servers and retries
+
+
+@dataclass(frozen=True)
+class DKIMKey:
+    """One signing key: mail whose From domain is ``domain`` is signed with it."""
+
+    domain: str
+    selector: str
+    private_key: Path
+
+
+_SELECTOR = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _dkim_keys(value: object) -> tuple[DKIMKey, ...]:
+    """``[[dkim.keys]]`` tables of domain, selector and private_key (RFC 6376 §3.1: a
+    selector is a dot-separated sequence of labels)."""
+    if not isinstance(value, list):
+        raise _expected("a list of [[dkim.keys]] tables", value)
+    keys: list[DKIMKey] = []
+    reasons: list[str] = []
+    for index, item in enumerate(value):
+        where = f"[{index}]"
+        if not isinstance(item, dict):
+            reasons.append(f"{where}: expected a table with domain, selector and private_key")
+            continue
+        unknown = sorted(set(item) - {"domain", "selector", "private_key"})
+        if unknown:
+            reasons.append(f"{where}: unknown key {_quote(unknown[0])}")
+        try:
+            domain = _domains([item.get("domain")])[0]
+        except _Invalid as invalid:
+            reasons += [f"{where}.domain: {reason}" for reason in invalid.reasons]
+            continue
+        selector = item.get("selector")
+        if not isinstance(selector, str) or not _SELECTOR.fullmatch(selector):
+            reasons.append(
+                f'{where}.selector: expected a selector like "mail2026", got {_show(selector)}'
+            )
+            continue
+        private_key = item.get("private_key")
+        if not isinstance(private_key, str) or not private_key:
+            reasons.append(
+                f"{where}.private_key: expected a key file's path, got {_show(private_key)}"
+            )
+            continue
+        keys.append(DKIMKey(domain, selector.lower(), Path(private_key)))
+    if reasons:
+        raise _Invalid(*reasons)
+    return tuple(keys)
+
+
+@dataclass(frozen=True)
+class DKIMConfig:
+    """DKIM signing (RFC 6376) of mail that our users send."""
+
+    keys: tuple[DKIMKey, ...] = _setting((), _dkim_keys)
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """SPF, DKIM and DMARC checks of mail arriving on the MX listeners."""
+
+    enabled: bool = _setting(True, _boolean)
+    # The name in our Authentication-Results headers (RFC 8601 §2.5); "" means server.hostname.
+    authserv_id: str = _setting("", lambda value: _text(value, 'a host name, or ""'))
+    dmarc_reject: bool = _setting(True, _boolean)  # refuse DMARC failures of p=reject domains
+    spf_reject: bool = _setting(False, _boolean)  # refuse SPF "fail" results
+    # When a look-up fails: "accept" (recording temperror) or "defer" (a 451 reply).
+    dns_failure: str = _setting("accept", _one_of("accept", "defer"))
 
 
 def _text(value: object, what: str) -> str:
@@ -564,6 +648,9 @@ class Config:
     tls: TLSConfig
     outbound: OutboundConfig
     accounts: AccountsConfig
+    dns: DNSConfig = DNSConfig()
+    dkim: DKIMConfig = DKIMConfig()
+    checks: ChecksConfig = ChecksConfig()
 
 
 _SECTIONS: dict[str, type] = {
@@ -574,6 +661,9 @@ _SECTIONS: dict[str, type] = {
     "tls": TLSConfig,
     "outbound": OutboundConfig,
     "accounts": AccountsConfig,
+    "dns": DNSConfig,
+    "dkim": DKIMConfig,
+    "checks": ChecksConfig,
 }
 
 
@@ -654,6 +744,30 @@ def _resolve_outbound_paths(outbound: OutboundConfig, base_dir: Path) -> Outboun
     )
 
 
+def _resolve_dkim_paths(dkim: DKIMConfig, base_dir: Path) -> DKIMConfig:
+    return DKIMConfig(
+        keys=tuple(
+            dataclasses.replace(key, private_key=_absolute(key.private_key, base_dir))
+            for key in dkim.keys
+        )
+    )
+
+
+def _check_dkim(config: Config, problems: _Problems) -> None:
+    """Every key loads, and no domain has two keys under one selector."""
+    seen: set[tuple[str, str]] = set()
+    for index, key in enumerate(config.dkim.keys):
+        if (key.domain, key.selector) in seen:
+            problems.add(
+                f"dkim.keys[{index}]", f"{key.domain} has two keys with selector {key.selector}"
+            )
+        seen.add((key.domain, key.selector))
+        try:
+            load_key(key.private_key)
+        except KeyFileError as error:
+            problems.add(f"dkim.keys[{index}].private_key", str(error))
+
+
 def _check_outbound(config: Config, problems: _Problems) -> None:
     outbound = config.outbound
     if outbound.retry_max < outbound.retry_initial:
@@ -730,6 +844,7 @@ def _cross_checks(config: Config, table: Mapping[str, object], problems: _Proble
             )
     _check_tls(config, problems)
     _check_outbound(config, problems)
+    _check_dkim(config, problems)
     if config.smtp.processes > 1 and any(
         listen.startswith("ssl:") for listen in config.smtp.listen
     ):
@@ -798,6 +913,11 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
             base_dir,
         ),
         accounts=_build(AccountsConfig, "accounts", _section(document, "accounts"), problems),
+        dns=_build(DNSConfig, "dns", _section(document, "dns"), problems),
+        dkim=_resolve_dkim_paths(
+            _build(DKIMConfig, "dkim", _section(document, "dkim"), problems), base_dir
+        ),
+        checks=_build(ChecksConfig, "checks", _section(document, "checks"), problems),
     )
     _cross_checks(config, document, problems)
     if lines := problems.in_order_of(document):

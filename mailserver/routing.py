@@ -21,31 +21,20 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from random import Random
 from types import MappingProxyType
-from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults, maybeDeferred
-from twisted.internet.error import CannotListenError, ConnectError
-from twisted.internet.interfaces import IReactorTime, IResolver
-from twisted.names import client, dns
-from twisted.names.error import (
-    DNSFormatError,
-    DNSNameError,
-    DNSNotImplementedError,
-    DNSQueryRefusedError,
-    DNSServerError,
-    DomainError,
-    ResolverError,
-)
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IResolver
+from twisted.names import dns
 
+from mailserver.dnsquery import DNSQuery, LookupFailed, NoSuchName, name_text
 from mailserver.interfaces import ReplyInfo
 
 MAX_MX_HOSTS = 10  # RFC 5321 §5.1 allows a limit: a hostile zone must not make us resolve hundreds
 MAX_HOPS = 20  # RFC 5321 §5.1: "a configurable limit on the number of alternate addresses"
-MAX_CNAME_CHAIN = 8  # queries spent following one CNAME chain before calling it broken
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -117,18 +106,6 @@ def _dns_failure(what: str, name: str, reason: str) -> RoutingError:
     return RoutingError(ReplyInfo(451, "4.4.3", text), False)
 
 
-class _NoSuchName(Exception):
-    """NXDOMAIN: the name does not exist."""
-
-
-class _LookupFailed(Exception):
-    """A lookup failed in a way that may pass; the argument says how, for the reply text."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass(frozen=True)
 class _Host:
     """The addresses found for one host name, or why none were, when it may pass."""
@@ -136,35 +113,6 @@ class _Host:
     name: str
     addresses: tuple[IPAddress, ...]
     failure: str | None  # the transient failure that hid its addresses, if any
-
-
-_REASONS: tuple[tuple[type[Exception], str], ...] = (
-    (DNSServerError, "SERVFAIL"),
-    (DNSQueryRefusedError, "REFUSED"),
-    (DNSFormatError, "FORMERR"),
-    (DNSNotImplementedError, "NOTIMP"),
-    (TimeoutError, "timeout"),
-)
-
-# DNS and network trouble; any other exception is a bug and is left to propagate.
-_TRANSIENT = (DomainError, ResolverError, TimeoutError, OSError, ConnectError, CannotListenError)
-
-
-def _reason(error: Exception) -> str:
-    """A short name for a lookup failure (the exceptions carry whole DNS messages)."""
-    for kind, reason in _REASONS:
-        if isinstance(error, kind):
-            return reason
-    return str(error) or type(error).__name__
-
-
-def _text(name: dns.Name) -> str | None:
-    """The name in our form (lower case, no trailing dot), or None if it is not ASCII, which no
-    mail host name can be (RFC 5321 §2.3.5: A-labels and LDH labels only)."""
-    try:
-        return name.name.decode("ascii").lower().rstrip(".")
-    except UnicodeDecodeError:
-        return None
 
 
 def _literal(text: str) -> IPAddress | None:
@@ -216,7 +164,7 @@ class Router:
         our_addresses: Collection[str] = (),
         random: Random | None = None,
     ) -> None:
-        self._resolver = resolver
+        self._query = DNSQuery(resolver)
         self._mx_port = mx_port
         self._routes = {domain.lower().rstrip("."): route for domain, route in routes.items()}
         self._smarthost = smarthost
@@ -257,10 +205,10 @@ class Router:
 
     async def _mx_hops(self, domain: str) -> list[Hop]:
         try:
-            records = await self._records(dns.MX, domain)
-        except _NoSuchName:
+            records = await self._query.records(dns.MX, domain)
+        except NoSuchName:
             raise _no_such_domain(domain) from None
-        except _LookupFailed as failure:
+        except LookupFailed as failure:
             raise _dns_failure("MX", domain, failure.reason) from None
         if not records:
             # RFC 5321 §5.1: "If an empty list of MXs is returned, the address is treated as if
@@ -269,7 +217,7 @@ class Router:
             return await self._implicit_mx_hops(domain)
         exchanges: list[tuple[int, str]] = []
         for record in records:
-            name = _text(record.name)
+            name = name_text(record.name)
             # RFC 7505 §3: an exchange of "." is no host; a zone must not mix it with other MX
             # records, and where one does, the real ones are still usable.
             if name:
@@ -361,37 +309,12 @@ class Router:
     async def _family(self, kind: int, name: str) -> tuple[list[IPAddress], str | None]:
         """One family's addresses, or none and the transient failure that hid them."""
         try:
-            records = await self._records(kind, name)
-        except _NoSuchName:
+            records = await self._query.records(kind, name)
+        except NoSuchName:
             return [], None
-        except _LookupFailed as failure:
+        except LookupFailed as failure:
             return [], failure.reason
         return [ipaddress.ip_address(record.address) for record in records], None
-
-    async def _records(self, kind: int, name: str) -> list[Any]:
-        """The record payloads of type ``kind`` for ``name``, following CNAMEs.
-
-        RFC 5321 §5.1: "If a CNAME record is found, the resulting name is processed as if it
-        were the initial name." A recursive server usually returns the whole chain in one
-        answer; where it stops short, the rest is asked for.
-        """
-        lookups: dict[int, Callable[..., Deferred[Any]]] = {
-            dns.MX: self._resolver.lookupMailExchange,
-            dns.A: self._resolver.lookupAddress,
-            dns.AAAA: self._resolver.lookupIPV6Address,
-        }
-        for _ in range(MAX_CNAME_CHAIN):
-            try:
-                answers, _authority, _additional = await maybeDeferred(lookups[kind], name)
-            except DNSNameError:
-                raise _NoSuchName(name) from None
-            except _TRANSIENT as error:
-                raise _LookupFailed(_reason(error)) from None
-            target, found = _follow(answers, name, kind)
-            if found or target == name:
-                return found
-            name = target
-        raise _LookupFailed("CNAME chain too long")
 
 
 def _keep(exchanges: Sequence[tuple[int, str]], ours: Sequence[bool]) -> int:
@@ -400,41 +323,3 @@ def _keep(exchanges: Sequence[tuple[int, str]], ours: Sequence[bool]) -> int:
     if not mine:
         return len(exchanges)
     return sum(1 for preference, _ in exchanges if preference < min(mine))
-
-
-def _follow(answers: Sequence[dns.RRHeader], name: str, kind: int) -> tuple[str, list[Any]]:
-    """Follow CNAMEs from ``name`` within one answer section: the last name reached and its
-    records of type ``kind`` (none if the chain leaves the answer)."""
-    aliases = {_text(rr.name): rr.payload for rr in answers if rr.type == dns.CNAME}
-    for _ in range(MAX_CNAME_CHAIN):
-        found = [rr.payload for rr in answers if rr.type == kind and _text(rr.name) == name]
-        if found:
-            return name, found
-        alias = aliases.get(name)
-        target = _text(alias.name) if isinstance(alias, dns.Record_CNAME) else None
-        if not target:
-            return name, []
-        name = target
-    return name, []
-
-
-def make_resolver(
-    reactor: IReactorTime, servers: Sequence[tuple[str, int]] | None, timeout: float = 10.0
-) -> IResolver:
-    """A twisted.names resolver asking ``servers`` (address, port), or the system's
-    ``/etc/resolv.conf`` servers when None. ``reactor`` must also provide IReactorUDP and
-    IReactorTCP (queries go over UDP, truncated answers are asked again over TCP).
-
-    Only the servers themselves: no hosts file and no cache, so what tests serve and what the
-    operator's resolver says is what routing sees. One query gives up after about ``timeout``
-    seconds in all: Twisted sends it to each server in turn for each step of the timeout
-    sequence, so the steps (a tenth, three tenths, six tenths) are shared out between servers.
-    """
-    if servers is not None:
-        resolver = client.Resolver(servers=list(servers), reactor=reactor)
-    else:
-        resolver = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
-    count = max(1, len(resolver.servers) + len(resolver.dynServers))
-    share = timeout / count
-    resolver.timeout = (share * 0.1, share * 0.3, share * 0.6)
-    return resolver

@@ -299,17 +299,18 @@ def _outbound_delivery(
     processes queue into the same directory, where the runner finds their messages."""
     from mailserver.address import parse_path
     from mailserver.courier import SMTPCourier
+    from mailserver.dnsquery import make_resolver
     from mailserver.queue.notify import Notifier
     from mailserver.queue.runner import QueueRunner
     from mailserver.queue.schedule import RetryPolicy
-    from mailserver.routing import Route, Router, make_resolver
+    from mailserver.routing import Route, Router
     from mailserver.smtp.client_session import ClientTimeouts
 
     outbound = config.outbound
     hostname = config.server.hostname
-    servers = [(server.host, server.port) for server in outbound.resolver]
+    servers = [(server.host, server.port) for server in config.dns.resolver]
     router = Router(
-        make_resolver(reactor, servers or None),
+        make_resolver(reactor, servers or None, config.dns.timeout),
         mx_port=outbound.mx_port,
         routes={domain: Route(to.host, to.port) for domain, to in outbound.routes.items()},
         smarthost=(

@@ -13,8 +13,12 @@ import pytest
 from mailserver.config import (
     EMBEDDED_DEFAULT,
     AccountsConfig,
+    ChecksConfig,
     Config,
     ConfigError,
+    DKIMConfig,
+    DKIMKey,
+    DNSConfig,
     HostPort,
     OutboundConfig,
     POP3Config,
@@ -37,6 +41,9 @@ SECTIONS = {
     "tls": TLSConfig,
     "outbound": OutboundConfig,
     "accounts": AccountsConfig,
+    "dns": DNSConfig,
+    "dkim": DKIMConfig,
+    "checks": ChecksConfig,
 }
 
 
@@ -44,9 +51,9 @@ def parse(text: str, base_dir: Path = Path("/base")) -> Config:
     return parse_config(text, "test.toml", base_dir)
 
 
-def problems(text: str) -> list[str]:
+def problems(text: str, base_dir: Path = Path("/base")) -> list[str]:
     with pytest.raises(ConfigError) as caught:
-        parse(text)
+        parse(text, base_dir)
     return list(caught.value.problems)
 
 
@@ -98,6 +105,9 @@ def test_embedded_default() -> None:
     assert config.tls == TLSConfig()
     assert config.outbound == OutboundConfig()
     assert config.accounts == AccountsConfig()
+    assert config.dns == DNSConfig()
+    assert config.dkim == DKIMConfig()
+    assert config.checks == ChecksConfig()
 
 
 def test_documented_default_values() -> None:
@@ -579,14 +589,15 @@ def test_ssl_listener_with_its_own_files(certificate: TLSFiles) -> None:
 def test_outbound_settings() -> None:
     """Resolvers, routes and the smarthost are host-and-port strings: IPv6 in brackets, port
     53 for DNS and 25 for mail by default; domains and names are lowercased."""
-    outbound = parse(
+    config = parse(
+        '[dns]\nresolver = ["127.0.0.1:5353", "::1", "[::1]:54"]\n'
         "[outbound]\n"
-        'resolver = ["127.0.0.1:5353", "::1", "[::1]:54"]\n'
         'routes = { "Example.NET" = "MX.example.net:2525", "v6.example" = "[2001:db8::1]" }\n'
         'smarthost = "relay.example:587"\n'
         'retry_initial = "10s"\n'
-    ).outbound
-    assert outbound.resolver == (
+    )
+    outbound = config.outbound
+    assert config.dns.resolver == (
         HostPort("127.0.0.1", 5353),
         HostPort("::1", 53),
         HostPort("::1", 54),
@@ -602,15 +613,15 @@ def test_outbound_settings() -> None:
 def test_outbound_problems() -> None:
     """Each bad outbound value is one line naming its key."""
     assert problems(
+        '[dns]\nresolver = "dns.example"\n'
         "[outbound]\n"
-        'resolver = "dns.example"\n'
         'routes = { "a.example" = "b.example:99999" }\n'
         "mx_port = 0\n"
         'smarthost_login = "me"\n'
         'retry_initial = "2h"\n'
         'lifetime = "1h"\n'
     ) == [
-        "test.toml: outbound.resolver: expected a DNS server's IP address, with its port if not"
+        "test.toml: dns.resolver: expected a DNS server's IP address, with its port if not"
         ' 53, got "dns.example"',
         'test.toml: outbound.routes: "a.example": expected a host and port like'
         ' "mail.example.net:587" or "[2001:db8::1]:25", got "b.example:99999"',
@@ -620,3 +631,68 @@ def test_outbound_problems() -> None:
         "test.toml: outbound.smarthost_login: smarthost_login and smarthost_password_file go"
         " together",
     ]
+
+
+# --- DKIM keys and checks.
+
+
+def test_dkim_keys_load_relative_to_the_file(tmp_path: Path) -> None:
+    """[[dkim.keys]] tables name a domain (normalised), a selector and a key file relative to
+    the configuration file; the key must load."""
+    from mailserver.dkimkeys import write_new_key
+
+    write_new_key(tmp_path / "dkim" / "k.pem", "ed25519")
+    config = parse(
+        '[[dkim.keys]]\ndomain = "Example.ORG"\nselector = "ed2026"\nprivate_key = "dkim/k.pem"\n',
+        tmp_path,
+    )
+    assert config.dkim.keys == (DKIMKey("example.org", "ed2026", tmp_path / "dkim" / "k.pem"),)
+
+
+def test_dkim_key_problems(tmp_path: Path) -> None:
+    """A bad domain, selector or unreadable key is one line each, naming the key's index."""
+    (tmp_path / "junk.pem").write_text("not a key")
+    assert problems(
+        "[[dkim.keys]]\n"
+        'domain = "example.org"\nselector = "bad selector"\nprivate_key = "k.pem"\n'
+        "[[dkim.keys]]\n"
+        'domain = "-bad-.example"\nselector = "s"\nprivate_key = "k.pem"\n'
+    ) == [
+        'test.toml: dkim.keys: [0].selector: expected a selector like "mail2026", got'
+        ' "bad selector"',
+        "test.toml: dkim.keys: [1].domain: expected a domain name (letters, digits, hyphens"
+        ' and dots, no trailing dot), got "-bad-.example"',
+    ]
+    assert problems(
+        "[[dkim.keys]]\n"
+        'domain = "example.org"\nselector = "s1"\nprivate_key = "missing.pem"\n'
+        "[[dkim.keys]]\n"
+        'domain = "example.org"\nselector = "s2"\nprivate_key = "junk.pem"\n',
+        tmp_path,
+    ) == [
+        f'test.toml: dkim.keys[0].private_key: cannot read "{tmp_path}/missing.pem": No such'
+        " file or directory",
+        "test.toml: dkim.keys[1].private_key: not an unencrypted PEM private key",
+    ]
+
+
+def test_outbound_resolver_has_moved_to_dns() -> None:
+    """The old outbound.resolver key is refused with a pointer to [dns]."""
+    assert problems("[outbound]\nresolver = []\n") == [
+        'test.toml: outbound.resolver: unknown key (did you mean "dns.resolver"? it belongs'
+        " in [dns])"
+    ]
+
+
+def test_checks_settings() -> None:
+    """[checks] takes booleans and the DNS failure policy."""
+    checks = parse(
+        '[checks]\nspf_reject = true\ndns_failure = "defer"\nauthserv_id = "mx.example.org"\n'
+    ).checks
+    assert checks == ChecksConfig(
+        enabled=True,
+        authserv_id="mx.example.org",
+        dmarc_reject=True,
+        spf_reject=True,
+        dns_failure="defer",
+    )

@@ -17,6 +17,7 @@ from twisted.names.error import DNSNameError, DNSQueryRefusedError, DNSServerErr
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from mailserver.dnsquery import make_resolver
 from mailserver.interfaces import ReplyInfo
 from mailserver.routing import (
     MAX_HOPS,
@@ -25,7 +26,6 @@ from mailserver.routing import (
     Route,
     Router,
     RoutingError,
-    make_resolver,
 )
 
 # --- an in-memory resolver ----------------------------------------------------------------------

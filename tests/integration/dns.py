@@ -164,7 +164,7 @@ class LoopbackDNS:
 
     @property
     def address(self) -> str:
-        """The server as ``outbound.resolver`` takes it: "127.0.0.1:PORT"."""
+        """The server as ``dns.resolver`` takes it: "127.0.0.1:PORT"."""
         assert self.port is not None, "not started"
         return f"127.0.0.1:{self.port}"
 

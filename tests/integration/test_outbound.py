@@ -7,7 +7,7 @@ address, ``unreachable.test`` one on 127.0.0.2 where nothing listens, ``nullmx.t
 (RFC 7505), and every other name in the zone is NXDOMAIN. Each test has its own receiving
 server (:mod:`tests.integration.sink`, on 127.0.0.1 only, so the IPv6 address of the MX host
 is refused and the IPv4 one is tried next) and its own mail server, configured with
-``outbound.resolver`` pointing at the DNS server, ``outbound.mx_port`` at the sink's port and
+``dns.resolver`` pointing at the DNS server, ``outbound.mx_port`` at the sink's port and
 retry times of seconds. Alice submits over the submission port (AUTH without TLS, which
 ``plaintext_auth = "loopback"`` allows) and reads her notices over POP3.
 """
@@ -94,7 +94,6 @@ def start_server(server_factory, dns_server: LoopbackDNS) -> StartServer:  # typ
 
     def start(mx_port: int, **outbound: object) -> RunningServer:
         settings: dict[str, object] = {
-            "resolver": [dns_server.address],
             "mx_port": mx_port,
             "tls": "opportunistic",
             "retry_initial": "1s",
@@ -104,7 +103,9 @@ def start_server(server_factory, dns_server: LoopbackDNS) -> StartServer:  # typ
             "connect_timeout": "5s",
         }
         settings.update(outbound)
-        server: RunningServer = server_factory({"outbound": settings})
+        server: RunningServer = server_factory(
+            {"outbound": settings, "dns": {"resolver": [dns_server.address]}}
+        )
         server.admin("user", "add", ALICE, password=PASSWORD)
         server.start()
         return server

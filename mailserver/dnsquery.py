@@ -1,0 +1,156 @@
+"""DNS look-ups for everything that asks: MX routing, SPF, DKIM keys, DMARC policies.
+
+One :class:`DNSQuery` wraps the configured twisted.names resolver and answers with the record
+payloads of one type for one name, following CNAME chains. It distinguishes the two outcomes
+that callers treat differently: a name that does not exist (:class:`NoSuchName`, for routing a
+permanent error) and a failure that may pass (:class:`LookupFailed`: SERVFAIL, REFUSED, a
+timeout, which callers must answer with a temporary result, never a permanent one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.error import CannotListenError, ConnectError
+from twisted.internet.interfaces import IReactorTime, IResolver
+from twisted.names import client, dns
+from twisted.names.error import (
+    DNSFormatError,
+    DNSNameError,
+    DNSNotImplementedError,
+    DNSQueryRefusedError,
+    DNSServerError,
+    DomainError,
+    ResolverError,
+)
+
+MAX_CNAME_CHAIN = 8  # queries spent following one CNAME chain before calling it broken
+
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (DNSServerError, "SERVFAIL"),
+    (DNSQueryRefusedError, "REFUSED"),
+    (DNSFormatError, "FORMERR"),
+    (DNSNotImplementedError, "NOTIMP"),
+    (TimeoutError, "timeout"),
+)
+
+# DNS and network trouble; any other exception is a bug and is left to propagate.
+_TRANSIENT = (DomainError, ResolverError, TimeoutError, OSError, ConnectError, CannotListenError)
+
+
+_LOOKUPS = {
+    dns.MX: "lookupMailExchange",
+    dns.A: "lookupAddress",
+    dns.AAAA: "lookupIPV6Address",
+    dns.TXT: "lookupText",
+    dns.PTR: "lookupPointer",
+}
+
+
+class NoSuchName(Exception):
+    """NXDOMAIN: the name does not exist."""
+
+
+class LookupFailed(Exception):
+    """A lookup failed in a way that may pass; ``reason`` says how, for replies and logs."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def name_text(name: dns.Name) -> str | None:
+    """The name in our form (lower case, no trailing dot), or None if it is not ASCII, which no
+    host name in DNS can be (A-labels and LDH labels only)."""
+    try:
+        return name.name.decode("ascii").lower().rstrip(".")
+    except UnicodeDecodeError:
+        return None
+
+
+def _reason(error: Exception) -> str:
+    """A short name for a lookup failure (the exceptions carry whole DNS messages)."""
+    for kind, reason in _REASONS:
+        if isinstance(error, kind):
+            return reason
+    return str(error) or type(error).__name__
+
+
+class DNSQuery:
+    """Record look-ups through one resolver; see the module docstring."""
+
+    def __init__(self, resolver: IResolver) -> None:
+        self._resolver = resolver
+
+    async def records(self, kind: int, name: str) -> list[Any]:
+        """The record payloads of type ``kind`` for ``name``, following CNAMEs; an empty list
+        when the name exists without such records. Raises :class:`NoSuchName` or
+        :class:`LookupFailed`.
+
+        RFC 5321 §5.1 (and RFC 7208 §4.4 for SPF): a CNAME is followed as if its target were the
+        name asked for. A recursive server usually returns the whole chain in one answer; where
+        it stops short, the rest is asked for.
+        """
+        name = name.lower().rstrip(".")
+        for _ in range(MAX_CNAME_CHAIN):
+            try:
+                lookup: Callable[..., Deferred[Any]] = getattr(self._resolver, _LOOKUPS[kind])
+                answers, _authority, _additional = await maybeDeferred(lookup, name)
+            except DNSNameError:
+                raise NoSuchName(name) from None
+            except _TRANSIENT as error:
+                raise LookupFailed(_reason(error)) from None
+            target, found = _follow(answers, name, kind)
+            if found or target == name:
+                return found
+            name = target
+        raise LookupFailed("CNAME chain too long")
+
+    async def texts(self, name: str) -> list[bytes]:
+        """The TXT records of ``name``, each one's strings joined (RFC 7208 §3.3, RFC 6376
+        §3.6.2.2); none for a name that does not exist."""
+        try:
+            records = await self.records(dns.TXT, name)
+        except NoSuchName:
+            return []
+        return [b"".join(record.data) for record in records]
+
+
+def _follow(answers: Sequence[dns.RRHeader], name: str, kind: int) -> tuple[str, list[Any]]:
+    """Follow CNAMEs from ``name`` within one answer section: the last name reached and its
+    records of type ``kind`` (none if the chain leaves the answer)."""
+    aliases = {name_text(rr.name): rr.payload for rr in answers if rr.type == dns.CNAME}
+    for _ in range(MAX_CNAME_CHAIN):
+        found = [rr.payload for rr in answers if rr.type == kind and name_text(rr.name) == name]
+        if found:
+            return name, found
+        alias = aliases.get(name)
+        target = name_text(alias.name) if isinstance(alias, dns.Record_CNAME) else None
+        if not target:
+            return name, []
+        name = target
+    return name, []
+
+
+def make_resolver(
+    reactor: IReactorTime, servers: Sequence[tuple[str, int]] | None, timeout: float = 10.0
+) -> IResolver:
+    """A twisted.names resolver asking ``servers`` (address, port), or the system's
+    ``/etc/resolv.conf`` servers when None. ``reactor`` must also provide IReactorUDP and
+    IReactorTCP (queries go over UDP, truncated answers are asked again over TCP).
+
+    Only the servers themselves: no hosts file and no cache, so what tests serve and what the
+    operator's resolver says is what the server sees. One query gives up after about ``timeout``
+    seconds in all: Twisted sends it to each server in turn for each step of the timeout
+    sequence, so the steps (a tenth, three tenths, six tenths) are shared out between servers.
+    """
+    if servers is not None:
+        resolver = client.Resolver(servers=list(servers), reactor=reactor)
+    else:
+        resolver = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+    count = max(1, len(resolver.servers) + len(resolver.dynServers))
+    share = timeout / count
+    resolver.timeout = (share * 0.1, share * 0.3, share * 0.6)
+    return resolver
