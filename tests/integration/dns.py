@@ -47,7 +47,19 @@ class AAAA:
     address: str
 
 
-Record = MX | A | AAAA
+@dataclass(frozen=True)
+class TXT:
+    """A TXT record; text longer than 255 octets is sent as several strings (RFC 7208 §3.3)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class PTR:
+    name: str
+
+
+Record = MX | A | AAAA | TXT | PTR
 
 
 def _as_data(record: Record) -> list[object]:
@@ -55,6 +67,10 @@ def _as_data(record: Record) -> list[object]:
         return ["MX", record.preference, record.exchange]
     if isinstance(record, A):
         return ["A", record.address]
+    if isinstance(record, TXT):
+        return ["TXT", record.text]
+    if isinstance(record, PTR):
+        return ["PTR", record.name]
     return ["AAAA", record.address]
 
 
@@ -102,6 +118,12 @@ class Zone(authority.FileAuthority):
                     made.append(dns.Record_A(values[0], ttl=5))
                 elif kind == "AAAA":
                     made.append(dns.Record_AAAA(values[0], ttl=5))
+                elif kind == "TXT":
+                    data = values[0].encode()
+                    parts = [data[i : i + 255] for i in range(0, len(data), 255)]
+                    made.append(dns.Record_TXT(*parts, ttl=5))
+                elif kind == "PTR":
+                    made.append(dns.Record_PTR(values[0].encode(), ttl=5))
                 else:
                     raise ValueError(f"unknown record type {kind}")
             self.records.setdefault(name.lower().rstrip(".").encode(), []).extend(made)
