@@ -13,8 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 ALGORITHMS = ("rsa", "ed25519")
 RSA_BITS = 2048
@@ -27,11 +28,18 @@ class KeyFileError(Exception):
 
 @dataclass(frozen=True)
 class SigningKey:
-    """One loaded key: what dkimpy needs to sign, and what DNS must publish."""
+    """One loaded key: how to sign with it, and what DNS must publish."""
 
     algorithm: bytes  # the a= tag: b"rsa-sha256" or b"ed25519-sha256"
-    private: bytes  # for dkimpy: PKCS#1 PEM for RSA, the base64 seed for Ed25519
+    private_key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
     public: bytes  # the p= tag's value: base64 of the public key
+
+    def sign(self, digest: bytes) -> bytes:
+        """The signature over the SHA-256 ``digest`` of the signed header fields."""
+        if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
+            # RFC 8463 §3: PureEdDSA over the SHA-256 hash, not over the data itself.
+            return self.private_key.sign(digest)
+        return self.private_key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
 
     @property
     def key_type(self) -> str:
@@ -86,27 +94,17 @@ def parse_key(pem: bytes) -> SigningKey:
     except (ValueError, TypeError):
         raise KeyFileError("not an unencrypted PEM private key") from None
     if isinstance(key, ed25519.Ed25519PrivateKey):
-        seed = key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
         public = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         # RFC 8463 §4.2: p= is the bare 32-octet public key, in base64.
-        return SigningKey(b"ed25519-sha256", base64.b64encode(seed), base64.b64encode(public))
+        return SigningKey(b"ed25519-sha256", key, base64.b64encode(public))
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < MIN_RSA_BITS:
             raise KeyFileError(f"an RSA key of {key.key_size} bits is too short (at least 1024)")
-        private = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
         # RFC 6376 §3.6.1: p= holds the SubjectPublicKeyInfo, DER, in base64.
         public = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return SigningKey(b"rsa-sha256", private, base64.b64encode(public))
+        return SigningKey(b"rsa-sha256", key, base64.b64encode(public))
     raise KeyFileError("neither an RSA nor an Ed25519 key")
