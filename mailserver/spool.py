@@ -29,6 +29,7 @@ class Spool:
         self._buffered = 0
         self._fd: int | None = None
         self._path: Path | None = None
+        self._insertion: tuple[int, bytes] | None = None
         self.size = 0
 
     def write(self, data: bytes) -> None:
@@ -39,12 +40,45 @@ class Spool:
         if self._buffered >= self._spill_threshold:
             self._flush()
 
+    def insert(self, offset: int, data: bytes) -> None:
+        """Put ``data`` at ``offset`` (header fields known only once the whole message has
+        arrived: signatures, check results). A message still in memory takes it at once; one
+        already in its file is rewritten by :meth:`finish`, off the reactor, the copy made by
+        the kernel."""
+        if not data:
+            return
+        if self._insertion is not None:
+            raise ValueError("one insertion per message")
+        self.size += len(data)
+        if self._fd is None:
+            whole = b"".join(self._buffer)
+            self._buffer[:] = [whole[:offset], data, whole[offset:]]
+            self._buffered += len(data)
+        else:
+            self._insertion = (offset, data)
+
     def finish(self) -> tuple[Path, int]:
         """Write out what is buffered (blocking); returns the file and its open descriptor,
         for the caller to fsync once it has linked the file where it belongs."""
         self._flush()
+        if self._insertion is not None:
+            self._rewrite(*self._insertion)
+            self._insertion = None
         assert self._fd is not None and self._path is not None
         return self._path, self._fd
+
+    def _rewrite(self, offset: int, data: bytes) -> None:
+        """A new spool file: the first ``offset`` octets, ``data``, then the rest."""
+        old_fd, old_path = self._fd, self._path
+        assert old_fd is not None and old_path is not None
+        self._open()
+        assert self._fd is not None
+        try:
+            _write_all(self._fd, os.pread(old_fd, offset, 0) + data)
+            _copy_rest(old_fd, self._fd, offset)
+        finally:
+            os.close(old_fd)
+            durable.remove_quietly(old_path)
 
     def discard(self) -> None:
         """Close and remove the spool file, if any; safe to call more than once."""
@@ -64,14 +98,34 @@ class Spool:
         data = b"".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        _write_all(self._fd, data)
 
     def _open(self) -> None:
         path = self._directory / f"{time.time_ns()}.{os.getpid()}.{secrets.token_hex(6)}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._path = path
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _copy_rest(source: int, target: int, offset: int) -> None:
+    """Append ``source`` from ``offset`` to its end to ``target``, in the kernel where it can."""
+    position = offset
+    while True:
+        try:
+            copied = os.copy_file_range(source, target, 1 << 24, position)
+        except OSError:  # not this filesystem or kernel: copy through a buffer
+            break
+        if copied == 0:
+            return
+        position += copied
+    while chunk := os.pread(source, 1 << 20, position):
+        _write_all(target, chunk)
+        position += len(chunk)
 
 
 def clean_stale(directory: Path, now: float) -> int:

@@ -119,3 +119,35 @@ def test_clean_stale_removes_only_old_files(tmp_path: Path) -> None:
     assert clean_stale(tmp_path, now) == 1
     assert files_in(tmp_path) == [directory, recent]
     assert clean_stale(tmp_path, now) == 0
+
+
+def test_insert_into_a_message_in_memory(tmp_path: Path) -> None:
+    """Header fields inserted before finish land at their offset, and count in the size."""
+    spool = Spool(tmp_path, spill_threshold=1000)
+    spool.write(b"Return-Path: <a@b>\r\n")
+    spool.write(b"Received: x\r\nSubject: s\r\n\r\nbody\r\n")
+    spool.insert(20, b"Authentication-Results: mx; none\r\n")
+    path, fd = spool.finish()
+    os.close(fd)
+    assert path.read_bytes() == (
+        b"Return-Path: <a@b>\r\nAuthentication-Results: mx; none\r\n"
+        b"Received: x\r\nSubject: s\r\n\r\nbody\r\n"
+    )
+    assert spool.size == path.stat().st_size
+
+
+def test_insert_into_a_spilled_message_rewrites_the_file(tmp_path: Path) -> None:
+    """A message already in its file is rewritten at finish with the insertion in place; the
+    old file is gone and the content after the offset is copied whole."""
+    spool = Spool(tmp_path, spill_threshold=100)
+    spool.write(b"L" * 10)
+    body = bytes(range(256)) * 4000
+    spool.write(body)
+    [old] = files_in(tmp_path)
+    spool.insert(10, b"INSERTED")
+    path, fd = spool.finish()
+    os.close(fd)
+    assert path != old
+    assert files_in(tmp_path) == [path]
+    assert path.read_bytes() == b"L" * 10 + b"INSERTED" + body
+    assert spool.size == 10 + 8 + len(body)
