@@ -104,9 +104,8 @@ class ForgedResultsFilter:
                     break
                 if not (self._held is not None or self._dropping):
                     if len(line_start) < _CLASSIFY and b"\n" not in line_start:
-                        if len(data) - position < _CLASSIFY:
-                            self._pending = data[position:]
-                            break
+                        self._pending = data[position:]  # too little yet to tell
+                        break
                     if _NAME_LINE.match(line_start):
                         self._held = bytearray()
             end = data.find(b"\r\n", position)
