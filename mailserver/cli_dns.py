@@ -1,0 +1,207 @@
+"""``mailserver dns-records`` and ``mailserver dns-check``: what to publish in DNS, and whether
+it is published.
+
+Both work on one domain, or on every domain we know of: those of the user database and those
+with ``[[dkim.keys]]``. ``dns-check`` asks the configured resolver (``[dns]``) and exits with 1
+when a record is missing or wrong; a look-up that fails or times out is reported as not
+checked and does not count as wrong (exit status 3 when nothing else is wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from mailserver.address import AddressError, normalize_domain, parse_domain
+from mailserver.cli import CommandError
+from mailserver.cli_config import load_config_for
+from mailserver.config import Config
+from mailserver.dkimkeys import KeyFileError
+from mailserver.dnscheck import Finding, Lookups, Status, check_domain
+from mailserver.dnsquery import DNSQuery, make_resolver
+from mailserver.dnsrecords import DomainRecords, plan, render
+from mailserver.userdb import AccountError, SQLiteAccounts, database_path
+
+__all__ = ["exit_status", "known_domains", "records_for", "register", "report"]
+
+_T = TypeVar("_T")
+
+UNCHECKED_EXIT = 3  # not 2, which argparse uses for a command-line mistake
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add the ``dns-records`` and ``dns-check`` subcommands."""
+    help = "print the DNS records to publish for a domain, as a zone-file snippet"
+    parser = subparsers.add_parser("dns-records", help=help, description=_sentence(help))
+    _domain_argument(parser)
+    parser.set_defaults(run=run_dns_records)
+    help = "look up a domain's DNS records and say what is missing or wrong"
+    parser = subparsers.add_parser(
+        "dns-check",
+        help=help,
+        description=_sentence(help)
+        + " Exits with 0 when every record is right, 1 when one is missing or wrong, 3 when "
+        "nothing was found wrong but some look-ups failed or timed out.",
+    )
+    _domain_argument(parser)
+    parser.set_defaults(run=run_dns_check)
+
+
+def _sentence(help: str) -> str:
+    return help[0].upper() + help[1:] + "."
+
+
+def _domain_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "domain",
+        metavar="DOMAIN",
+        nargs="?",
+        help="the domain (default: every domain in the user database or with DKIM keys)",
+    )
+
+
+def _account_domains(config: Config) -> list[str]:
+    """The domains of the user database, without creating the database if there is none."""
+    data_dir = config.server.data_dir
+    path = database_path(data_dir)
+    if not path.exists():
+        return []
+    try:
+        accounts = SQLiteAccounts(path, config.accounts.recipient_delimiter, data_dir=data_dir)
+        try:
+            return accounts.list_domains()
+        finally:
+            accounts.close()
+    except AccountError as error:
+        raise CommandError(str(error)) from None
+    except sqlite3.Error as error:
+        raise CommandError(f"{path}: {error}") from None
+    except OSError as error:
+        raise CommandError(f"{error.filename or path}: {error.strerror or error}") from None
+
+
+def known_domains(config: Config) -> list[str]:
+    """Every domain of the user database or of a DKIM key, sorted."""
+    return sorted({key.domain for key in config.dkim.keys} | set(_account_domains(config)))
+
+
+def _chosen_domains(config: Config, wanted: str | None) -> list[str]:
+    known = known_domains(config)
+    if wanted is None:
+        if not known:
+            raise CommandError(
+                "no domains yet: add one with: mailserver domain add DOMAIN (or start with "
+                "mailserver quickstart ADDRESS)"
+            )
+        return known
+    try:
+        domain = normalize_domain(parse_domain(wanted.strip()))
+    except AddressError as error:
+        raise CommandError(f"{wanted.strip()!r}: {error}") from None
+    if domain not in known:
+        raise CommandError(
+            f"unknown domain {domain}: it is not in the user database and has no "
+            "[[dkim.keys]] (add it with: mailserver domain add " + domain + ")"
+        )
+    return [domain]
+
+
+def records_for(config: Config, domains: Sequence[str]) -> list[DomainRecords]:
+    """The expected records of each domain; refusals become CommandErrors."""
+    hostname = config.server.hostname
+    if "." not in hostname:
+        raise CommandError(
+            f'server.hostname is "{hostname}", which other servers cannot look up: set it in '
+            "the configuration to the name the MX record is to point at"
+        )
+    try:
+        return [plan(config, domain) for domain in domains]
+    except KeyFileError as error:
+        raise CommandError(f"a DKIM key cannot be read: {error}") from None
+
+
+def run_dns_records(args: argparse.Namespace) -> int:
+    config = load_config_for(args)
+    expected = records_for(config, _chosen_domains(config, args.domain))
+    print("\n".join(render(records) for records in expected), end="")
+    return 0
+
+
+# --- dns-check ----------------------------------------------------------------------------------
+
+_LABEL_WIDTH = max(len(status.value) for status in Status)
+
+
+def report(domain: str, findings: Sequence[Finding]) -> list[str]:
+    """The lines printed for one domain: one per finding, then a summary."""
+    lines = [f"{domain}:"]
+    lines += [f"  {finding.status.value:<{_LABEL_WIDTH}}  {finding.text}" for finding in findings]
+    missing = sum(finding.status is Status.MISSING for finding in findings)
+    wrong = sum(finding.status is Status.WRONG for finding in findings)
+    unchecked = sum(finding.status is Status.UNCHECKED for finding in findings)
+    if missing or wrong:
+        counts = ", ".join(
+            f"{count} {word}" for count, word in ((missing, "missing"), (wrong, "wrong")) if count
+        )
+        lines.append(f"  {counts}: see what to publish with: mailserver dns-records {domain}")
+    elif unchecked:
+        lines.append(f"  nothing wrong found, but {unchecked} not checked: try again later")
+    else:
+        lines.append("  every record is right")
+    return lines
+
+
+async def _check_all(reactor: Any, config: Config, expected: Sequence[DomainRecords]) -> int:
+    servers = [(server.host, server.port) for server in config.dns.resolver] or None
+    lookups: Lookups = DNSQuery(make_resolver(reactor, servers, config.dns.timeout))
+    statuses: set[Status] = set()
+    for number, records in enumerate(expected):
+        findings = await check_domain(lookups, records)
+        if number:
+            print()
+        print("\n".join(report(records.domain, findings)), flush=True)
+        statuses.update(finding.status for finding in findings)
+    return exit_status(statuses)
+
+
+def exit_status(statuses: set[Status]) -> int:
+    """1 when a record is missing or wrong; else 3 when one could not be checked (we cannot
+    say all is right, nor that anything is wrong); else 0."""
+    if any(status.failing for status in statuses):
+        return 1
+    return UNCHECKED_EXIT if Status.UNCHECKED in statuses else 0
+
+
+def run_dns_check(args: argparse.Namespace) -> int:
+    config = load_config_for(args)
+    expected = records_for(config, _chosen_domains(config, args.domain))
+    return _run_reactor(lambda reactor: _check_all(reactor, config, expected))
+
+
+def _run_reactor(work: Callable[[Any], Coroutine[Any, Any, _T]]) -> _T:
+    """Run ``work(reactor)`` on the global reactor until it is done; its result or exception.
+
+    (``task.react`` would end the process itself; the caller here decides the exit status.)
+    """
+    from twisted.internet import reactor
+
+    outcome: list[_T | Failure] = []
+
+    def start() -> None:
+        done = Deferred.fromCoroutine(work(reactor))
+        done.addBoth(outcome.append)
+        done.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if not outcome:
+        raise CommandError("interrupted")
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
