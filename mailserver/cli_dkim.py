@@ -1,0 +1,156 @@
+"""``mailserver dkim keygen``: a new DKIM signing key, with the configuration lines and the DNS
+record that go with it.
+
+The key file is never overwritten: a selector names one key for good (verifiers fetch the key by
+selector, and mail signed with the old key is still being checked after a change), so a new key
+takes a new selector. The configuration file is not read, so a key can be made while the
+configuration names a key that does not exist yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mailserver.address import AddressError, normalize_domain, parse_domain
+from mailserver.cli import CommandError
+from mailserver.dkimkeys import ALGORITHMS, write_new_key
+from mailserver.dnsrecords import Record, render_record
+
+__all__ = [
+    "default_selector",
+    "key_file_name",
+    "key_table",
+    "register",
+]
+
+# RFC 6376 §3.1: a selector is one or more dot-separated labels (as config.py accepts them).
+_SELECTOR = re.compile(
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+_SHORT_NAMES = {"rsa": "rsa", "ed25519": "ed"}
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add the ``dkim`` command group."""
+    help = "manage DKIM signing keys"
+    parser = subparsers.add_parser("dkim", help=help, description=help[0].upper() + help[1:] + ".")
+    group = parser.add_subparsers(dest="dkim_command", required=True, metavar="COMMAND")
+    help = "write a new signing key and print its configuration lines and DNS record"
+    parser = group.add_parser("keygen", help=help, description=help[0].upper() + help[1:] + ".")
+    parser.add_argument("domain", metavar="DOMAIN", help="the domain whose mail the key signs")
+    parser.add_argument(
+        "--selector",
+        metavar="S",
+        help="the selector, published as S._domainkey.DOMAIN (default: rsa or ed and the year, "
+        "as in rsa2026)",
+    )
+    parser.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        default="rsa",
+        help="rsa (2048 bits, what every verifier checks) or ed25519 (RFC 8463, to add beside "
+        "an RSA key); default rsa",
+    )
+    parser.add_argument(
+        "--directory",
+        metavar="DIR",
+        help="where to write the key (default: dkim/ beside the configuration file, or in the "
+        "current directory)",
+    )
+    parser.set_defaults(run=run_keygen)
+
+
+def default_selector(algorithm: str, now: datetime | None = None) -> str:
+    """``rsa2026`` or ``ed2026``: the algorithm and the year say which key it is at a glance."""
+    year = (now or datetime.now(UTC)).year
+    return f"{_SHORT_NAMES[algorithm]}{year}"
+
+
+def key_file_name(domain: str, selector: str) -> str:
+    return f"{domain}.{selector}.pem"
+
+
+def toml_string(text: str) -> str:
+    # JSON string escapes are valid in a TOML basic string.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def key_table(domain: str, selector: str, private_key: str) -> str:
+    """The ``[[dkim.keys]]`` table for one key, as it goes in the configuration file."""
+    return (
+        "[[dkim.keys]]\n"
+        f"domain = {toml_string(domain)}\n"
+        f"selector = {toml_string(selector)}\n"
+        f"private_key = {toml_string(private_key)}\n"
+    )
+
+
+def parse_domain_argument(text: str) -> str:
+    """The ASCII (A-label) form of a domain given on the command line."""
+    try:
+        return normalize_domain(parse_domain(text.strip()))
+    except AddressError as error:
+        raise CommandError(f"{text.strip()!r}: {error}") from None
+
+
+def _selector(text: str) -> str:
+    selector = text.strip().lower()
+    if not _SELECTOR.fullmatch(selector):
+        raise CommandError(
+            f"--selector: {text!r} is not a selector (letters, digits and hyphens, in labels "
+            "separated by dots)"
+        )
+    return selector
+
+
+def _directory(args: argparse.Namespace) -> Path:
+    if args.directory is not None:
+        return Path(os.path.abspath(args.directory))
+    config = getattr(args, "config", None)
+    base = Path(os.path.abspath(config)).parent if config else Path.cwd()
+    return base / "dkim"
+
+
+def _shown(path: Path, args: argparse.Namespace) -> str:
+    """The key's path as the configuration file should name it: relative to the file's
+    directory when it is inside it (configurations move with their keys), else absolute."""
+    config = getattr(args, "config", None)
+    if config:
+        try:
+            return path.relative_to(Path(os.path.abspath(config)).parent).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    domain = parse_domain_argument(args.domain)
+    selector = _selector(args.selector) if args.selector else default_selector(args.algorithm)
+    path = _directory(args) / key_file_name(domain, selector)
+    if os.path.lexists(path):
+        raise CommandError(f'"{path}" already exists; choose another --selector')
+    try:
+        signing = write_new_key(path, args.algorithm)
+    except FileExistsError:
+        raise CommandError(f'"{path}" already exists; choose another --selector') from None
+    except OSError as error:
+        raise CommandError(f'cannot write "{error.filename or path}": {error.strerror}') from None
+    name = f"{selector}._domainkey.{domain}"
+    record = Record(name, "TXT", signing.dns_record(), "DKIM")
+    print(f"wrote the {args.algorithm} key {path} (readable only by its owner)")
+    print()
+    print("1. Publish this DNS record:")
+    print()
+    print(render_record(record))
+    print()
+    print(f"2. Once it is visible (mailserver dns-check {domain}), add these lines to the")
+    print("   configuration file and restart the server:")
+    print()
+    print(key_table(domain, selector, _shown(path, args)), end="")
+    return 0
