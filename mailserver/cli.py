@@ -17,7 +17,15 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mailserver import cli_accounts, cli_config, cli_queue, cli_tls
+    from mailserver import (
+        cli_accounts,
+        cli_config,
+        cli_dkim,
+        cli_dns,
+        cli_queue,
+        cli_quickstart,
+        cli_tls,
+    )
 
     parser = argparse.ArgumentParser(prog="mailserver", description="Administer the mail server.")
     parser.add_argument(
@@ -26,10 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration file (default: the embedded default configuration)",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli_quickstart.register(subparsers)
     cli_config.register(subparsers)
     cli_accounts.register(subparsers)
     cli_tls.register(subparsers)
     cli_queue.register(subparsers)
+    cli_dkim.register(subparsers)
+    cli_dns.register(subparsers)
     return parser
 
 
