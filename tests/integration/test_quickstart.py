@@ -1,0 +1,112 @@
+"""From ``mailserver quickstart`` to a working server: the real command writes everything in an
+empty directory, the real ``twistd mailserver`` runs on what it wrote, and the generated user
+sends a message to itself over submission with STARTTLS and reads it back over POP3 with STLS.
+
+The certificate is the self-signed one quickstart wrote, so the clients do not verify it.
+"""
+
+from __future__ import annotations
+
+import poplib
+import re
+import smtplib
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.server import MAILSERVER, RunningServer, free_port
+
+pytestmark = pytest.mark.integration
+
+ADDRESS = "you@example.org"
+
+
+def distinct_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def unverified() -> ssl.SSLContext:
+    """A client context that accepts the self-signed certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def test_quickstart_then_send_and_read(tmp_path: Path) -> None:
+    """The written configuration starts the server; the printed password logs in over TLS on
+    submission and POP3; the message arrives in the user's own mailbox."""
+    mx, submission, submissions, pop3, pop3s = distinct_ports(5)
+    result = subprocess.run(
+        [
+            *MAILSERVER,
+            "quickstart",
+            ADDRESS,
+            "--loopback",
+            "--ports",
+            f"{mx},{submission},{submissions},{pop3},{pop3s}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: the certificate is self-signed" in result.stderr
+    match = re.search(r"\(it will not be shown again\):\n\n    (\S+)\n", result.stdout)
+    assert match, result.stdout
+    password = match[1]
+    assert f"twistd -n mailserver --config {tmp_path}/mailserver.toml" in result.stdout
+
+    server = RunningServer(
+        tmp_path,
+        mx,
+        submission_port=submission,
+        submissions_port=submissions,
+        pop3_port=pop3,
+        pop3s_port=pop3s,
+    )
+    server.start()
+    try:
+        message = (
+            f"From: <{ADDRESS}>\r\nTo: <{ADDRESS}>\r\nSubject: first light\r\n"
+            "Message-ID: <quickstart@example.org>\r\nDate: Mon, 1 Jan 2024 12:00:00 +0000\r\n"
+            "\r\nHello from the quickstart.\r\n"
+        )
+        with smtplib.SMTP("127.0.0.1", submission, timeout=30) as client:
+            client.starttls(context=unverified())
+            client.login(ADDRESS, password)
+            assert client.sendmail(ADDRESS, [ADDRESS], message) == {}
+
+        client = poplib.POP3("127.0.0.1", pop3, timeout=30)
+        try:
+            client.stls(context=unverified())
+            client.user(ADDRESS)
+            client.pass_(password)
+            count, _ = client.stat()
+            assert count == 1
+            _, lines, _ = client.retr(1)
+        finally:
+            client.quit()
+        text = b"\r\n".join(lines).decode()
+        assert "Subject: first light" in text
+        assert "Hello from the quickstart." in text
+
+        # The implicit-TLS ports take the same login.
+        with smtplib.SMTP_SSL("127.0.0.1", submissions, context=unverified(), timeout=30) as tls:
+            tls.login(ADDRESS, password)
+        secure = poplib.POP3_SSL("127.0.0.1", pop3s, context=unverified(), timeout=30)
+        try:
+            secure.user(ADDRESS)
+            secure.pass_(password)
+        finally:
+            secure.quit()
+    finally:
+        server.stop()
