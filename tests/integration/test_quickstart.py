@@ -80,21 +80,21 @@ def test_quickstart_then_send_and_read(tmp_path: Path) -> None:
             "Message-ID: <quickstart@example.org>\r\nDate: Mon, 1 Jan 2024 12:00:00 +0000\r\n"
             "\r\nHello from the quickstart.\r\n"
         )
-        with smtplib.SMTP("127.0.0.1", submission, timeout=30) as client:
-            client.starttls(context=unverified())
-            client.login(ADDRESS, password)
-            assert client.sendmail(ADDRESS, [ADDRESS], message) == {}
+        with smtplib.SMTP("127.0.0.1", submission, timeout=30) as sender:
+            sender.starttls(context=unverified())
+            sender.login(ADDRESS, password)
+            assert sender.sendmail(ADDRESS, [ADDRESS], message) == {}
 
-        client = poplib.POP3("127.0.0.1", pop3, timeout=30)
+        reader = poplib.POP3("127.0.0.1", pop3, timeout=30)
         try:
-            client.stls(context=unverified())
-            client.user(ADDRESS)
-            client.pass_(password)
-            count, _ = client.stat()
+            reader.stls(context=unverified())
+            reader.user(ADDRESS)
+            reader.pass_(password)
+            count, _ = reader.stat()
             assert count == 1
-            _, lines, _ = client.retr(1)
+            _, lines, _ = reader.retr(1)
         finally:
-            client.quit()
+            reader.quit()
         text = b"\r\n".join(lines).decode()
         assert "Subject: first light" in text
         assert "Hello from the quickstart." in text
