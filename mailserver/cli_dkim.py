@@ -50,9 +50,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="the selector, published as S._domainkey.DOMAIN (default: rsa or ed and the year, "
         "as in rsa2026)",
     )
+    # A string, checked in run_keygen: argparse's own refusal would not be one line.
     parser.add_argument(
         "--algorithm",
-        choices=ALGORITHMS,
+        metavar="rsa|ed25519",
         default="rsa",
         help="rsa (2048 bits, what every verifier checks) or ed25519 (RFC 8463, to add beside "
         "an RSA key); default rsa",
@@ -129,21 +130,29 @@ def _shown(path: Path, args: argparse.Namespace) -> str:
     return str(path)
 
 
+def _algorithm(text: str) -> str:
+    algorithm = text.strip().lower()
+    if algorithm not in ALGORITHMS:
+        raise CommandError(f"--algorithm: expected rsa or ed25519, got {text!r}")
+    return algorithm
+
+
 def run_keygen(args: argparse.Namespace) -> int:
     domain = parse_domain_argument(args.domain)
-    selector = _selector(args.selector) if args.selector else default_selector(args.algorithm)
+    algorithm = _algorithm(args.algorithm)
+    selector = _selector(args.selector) if args.selector else default_selector(algorithm)
     path = _directory(args) / key_file_name(domain, selector)
     if os.path.lexists(path):
         raise CommandError(f'"{path}" already exists; choose another --selector')
     try:
-        signing = write_new_key(path, args.algorithm)
+        signing = write_new_key(path, algorithm)
     except FileExistsError:
         raise CommandError(f'"{path}" already exists; choose another --selector') from None
     except OSError as error:
         raise CommandError(f'cannot write "{error.filename or path}": {error.strerror}') from None
     name = f"{selector}._domainkey.{domain}"
     record = Record(name, "TXT", signing.dns_record(), "DKIM")
-    print(f"wrote the {args.algorithm} key {path} (readable only by its owner)")
+    print(f"wrote the {algorithm} key {path} (readable only by its owner)")
     print()
     print("1. Publish this DNS record:")
     print()

@@ -127,12 +127,14 @@ def test_never_overwrites(run: Run, tmp_path: Path) -> None:
 
 
 def test_refusals(run: Run) -> None:
-    """A bad domain or selector is one line and exit 1."""
+    """A bad domain, selector or algorithm is one line and exit 1."""
     status, _, err = run("dkim", "keygen", "not a domain")
     assert status == 1 and err.startswith("mailserver: 'not a domain': ")
     status, _, err = run("dkim", "keygen", "example.org", "--selector", "bad_one")
     assert status == 1 and err.startswith("mailserver: --selector: 'bad_one' is not a selector")
     assert err.count("\n") == 1
+    status, _, err = run("dkim", "keygen", "example.org", "--algorithm", "dsa")
+    assert (status, err) == (1, "mailserver: --algorithm: expected rsa or ed25519, got 'dsa'\n")
 
 
 def test_default_selector() -> None:
