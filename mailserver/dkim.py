@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred
 
 from mailserver.dkimkeys import SigningKey
 from mailserver.dnsquery import LookupFailed
+from mailserver.smtp.data import AuthorError, authors_of
 
 MAX_HEADER = 256 * 1024  # octets of header section kept; a larger one is neither signed nor checked
 MAX_LINE = 1024 * 1024  # a longer line stops the body hash (RFC 5322 §2.1.1 allows 998 octets)
@@ -247,6 +248,33 @@ class SigningIdentity:
     domain: str
     selector: str
     key: SigningKey
+
+
+class SigningTable:
+    """The keys of each of our domains. A message is signed for the one domain of its From
+    field, read as strictly as the submission From check reads it."""
+
+    def __init__(self, identities: Sequence[SigningIdentity]) -> None:
+        self._by_domain: dict[str, list[SigningIdentity]] = {}
+        for identity in identities:
+            self._by_domain.setdefault(identity.domain, []).append(identity)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_domain)
+
+    def signer(self) -> Signer:
+        """A signer for one message."""
+        return Signer(self.for_header)
+
+    def for_header(self, header: bytes) -> Sequence[SigningIdentity]:
+        try:
+            authors = authors_of(header, whole_message=True)
+        except AuthorError:
+            return ()
+        domains = {author.domain for author in authors}
+        if len(domains) != 1:
+            return ()
+        return self._by_domain.get(domains.pop(), ())
 
 
 class Signer(MessageTap):

@@ -112,10 +112,12 @@ class TextLookup(Protocol):
 
 @dataclass(frozen=True)
 class Authenticated:
-    """The domains SPF and DKIM vouched for (``pass`` results only)."""
+    """The domains SPF and DKIM vouched for (``pass`` results only); ``incomplete`` when a
+    DNS failure kept SPF or a signature from being checked, so a pass may have been missed."""
 
     spf_domain: str | None
     dkim_domains: Sequence[str]
+    incomplete: bool = False
 
 
 async def find_policy(query: TextLookup, author_domain: str) -> tuple[Policy | None, bool, str]:
@@ -162,6 +164,12 @@ async def evaluate(
     for domain in authenticated.dkim_domains:
         if aligned(domain, author_domain, policy.adkim_strict):
             return DMARCVerdict("pass", author_domain, applied, reason=f"DKIM aligned ({domain})")
+    if authenticated.incomplete:
+        # Not a failure the domain's policy speaks of: a check that could not run may have
+        # passed. Like a failed policy look-up, this is temporary (§6.6.3 step 3's spirit).
+        return DMARCVerdict(
+            "temperror", author_domain, applied, reason="SPF or DKIM could not be checked"
+        )
     disposition = applied
     if policy.pct < 100 and draw() * 100 >= policy.pct:
         # §6.6.4: a message outside the sample gets the next policy down.

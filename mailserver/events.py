@@ -67,6 +67,11 @@ def message_rejected(
     )
 
 
+def message_checked(*, id: str, results: str) -> None:
+    """The SPF, DKIM and DMARC outcome of a message from another server."""
+    _emit(LogLevel.info, f"checked id={id} {results}", mail_event="checked", id=id, results=results)
+
+
 def message_delivered(*, id: str, mailboxes: Sequence[str], size: int, name: str) -> None:
     _emit(
         LogLevel.info,

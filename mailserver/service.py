@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
@@ -37,6 +37,12 @@ from mailserver.smtp.session import SessionPolicy
 from mailserver.spool import clean_stale
 from mailserver.tls import ServerTLS, TLSFiles
 from mailserver.userdb import AccountError, SQLiteUserDatabase, database_path
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IResolver
+
+    from mailserver.authcheck import InboundChecks
+    from mailserver.dkim import SigningTable
 
 log = Logger()
 
@@ -218,8 +224,51 @@ def _smtp_receiving(
         tls=tls.default,
         logins=LoginChecker(users, LoginThrottle(reactor), reactor),
         plaintext_auth=config.submission.plaintext_auth,
+        checks=_inbound_checks(config, reactor),
+        signing=_signing_table(config),
     )
     return factory, pool, tls
+
+
+def _resolver(config: Config, reactor: Any) -> IResolver:
+    from mailserver.dnsquery import make_resolver
+
+    servers = [(server.host, server.port) for server in config.dns.resolver]
+    return make_resolver(reactor, servers or None, config.dns.timeout)
+
+
+def _inbound_checks(config: Config, reactor: Any) -> InboundChecks | None:
+    """SPF, DKIM and DMARC for mail from other servers, unless turned off."""
+    checks = config.checks
+    if not checks.enabled:
+        return None
+    from mailserver.authcheck import CheckPolicy, InboundChecks
+    from mailserver.dmarc import organizational_domain
+    from mailserver.dnsquery import DNSQuery
+
+    organizational_domain(config.server.hostname)  # loads the suffix list now, not on mail
+    policy = CheckPolicy(
+        authserv_id=checks.authserv_id or config.server.hostname,
+        dmarc_reject=checks.dmarc_reject,
+        spf_reject=checks.spf_reject,
+        defer_on_dns_failure=checks.dns_failure == "defer",
+    )
+    return InboundChecks(DNSQuery(_resolver(config, reactor)), policy, reactor)
+
+
+def _signing_table(config: Config) -> SigningTable | None:
+    """The DKIM keys of our domains (checked loadable with the configuration)."""
+    if not config.dkim.keys:
+        return None
+    from mailserver.dkim import SigningIdentity, SigningTable
+    from mailserver.dkimkeys import load_key
+
+    return SigningTable(
+        [
+            SigningIdentity(key.domain, key.selector, load_key(key.private_key))
+            for key in config.dkim.keys
+        ]
+    )
 
 
 def make_worker_service(config: Config, reactor: Any) -> tuple[MultiService, SMTPServerFactory]:
@@ -283,6 +332,8 @@ def make_service(config: Config, reactor: Any) -> MultiService:
             tls=tls.default,
             logins=smtp_factory.logins,
             plaintext_auth=config.submission.plaintext_auth,
+            checks=smtp_factory.checks,
+            signing=smtp_factory.signing,
         )
         _listen(top, reactor, config.submission.listen, submission, tls)
     if config.pop3.listen:
@@ -299,7 +350,6 @@ def _outbound_delivery(
     processes queue into the same directory, where the runner finds their messages."""
     from mailserver.address import parse_path
     from mailserver.courier import SMTPCourier
-    from mailserver.dnsquery import make_resolver
     from mailserver.queue.notify import Notifier
     from mailserver.queue.runner import QueueRunner
     from mailserver.queue.schedule import RetryPolicy
@@ -308,9 +358,8 @@ def _outbound_delivery(
 
     outbound = config.outbound
     hostname = config.server.hostname
-    servers = [(server.host, server.port) for server in config.dns.resolver]
     router = Router(
-        make_resolver(reactor, servers or None, config.dns.timeout),
+        _resolver(config, reactor),
         mx_port=outbound.mx_port,
         routes={domain: Route(to.host, to.port) for domain, to in outbound.routes.items()},
         smarthost=(

@@ -159,3 +159,13 @@ def test_pct_sampling_downgrades_outside_the_sample() -> None:
     records = {"_dmarc.example.org": [b"v=DMARC1; p=reject; pct=25"]}
     assert run(records, "example.org", draw=0.1).disposition == "reject"
     assert run(records, "example.org", draw=0.5).disposition == "quarantine"
+
+
+def test_unaligned_with_a_check_that_could_not_run_is_temperror() -> None:
+    """Without an aligned pass, but with SPF or DKIM cut short by DNS, the result is
+    temperror, not fail: the missing check might have passed."""
+    verdicts: list[DMARCVerdict] = []
+    Deferred.fromCoroutine(
+        evaluate(FakeTexts(REJECT), "example.org", Authenticated(None, (), incomplete=True))
+    ).addCallback(verdicts.append)
+    assert (verdicts[0].result, verdicts[0].disposition) == ("temperror", "none")

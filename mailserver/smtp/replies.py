@@ -142,6 +142,17 @@ UNCHECKABLE_AUTHOR = _reply(
     "5.6.0",
     "Message refused: its From header field cannot be checked (RFC 5322 section 3.6)",
 )
+# RFC 7489 §6.6.4 and RFC 7208 §8.4: a refusal at the end of the data, 550 with 5.7.1.
+DMARC_REJECTED = _reply(
+    "DMARC_REJECTED", 550, "5.7.1", "Message refused: it fails the DMARC policy of its From domain"
+)
+SPF_REJECTED = _reply(
+    "SPF_REJECTED", 550, "5.7.1", "Message refused: the sender's SPF record does not allow it"
+)
+# RFC 7208 §8.6: a DNS failure during the checks is answered 451 with 4.4.3.
+CHECKS_DEFERRED = _reply(
+    "CHECKS_DEFERRED", 451, "4.4.3", "Sender checks failed on a DNS error, try again later"
+)
 NO_SUCH_USER = _reply("NO_SUCH_USER", 550, "5.1.1", "No such user here")
 ALIAS_LOOP = _reply("ALIAS_LOOP", 550, "5.4.6", "Alias loop for this recipient")
 TOO_MANY_RECIPIENTS = _reply("TOO_MANY_RECIPIENTS", 452, "4.5.3", "Too many recipients")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import (
@@ -56,6 +57,11 @@ from mailserver.spool import Spool
 from mailserver.tcp import PLAINTEXT_POLICIES, plaintext_allowed
 from mailserver.tls import describe_connection
 
+if TYPE_CHECKING:  # built by the composition root only when configured
+    from mailserver.authcheck import InboundCheck, InboundChecks
+    from mailserver.authresults import ForgedResultsFilter
+    from mailserver.dkim import Signer, SigningTable
+
 log = Logger()
 
 
@@ -71,7 +77,8 @@ def new_message_id() -> str:
 
 class SMTPServerFactory(Factory):
     """Everything one SMTP listener set shares: policy, storage, limits, clock, and for
-    STARTTLS and AUTH the certificate, the plaintext-password policy and the login checker.
+    STARTTLS and AUTH the certificate, the plaintext-password policy and the login checker;
+    the SPF/DKIM/DMARC checks of mail from other servers, and the DKIM keys of our users' mail.
 
     Implicit TLS (RFC 8314) needs nothing here: the composition root wraps this factory in a
     TLS one, and the session starts out encrypted.
@@ -89,6 +96,8 @@ class SMTPServerFactory(Factory):
         tls: IOpenSSLServerConnectionCreator | None = None,
         logins: LoginChecker | None = None,
         plaintext_auth: str = "never",
+        checks: InboundChecks | None = None,
+        signing: SigningTable | None = None,
     ) -> None:
         if policy.auth and logins is None:
             raise ValueError("a policy offering AUTH needs a login checker")
@@ -104,6 +113,8 @@ class SMTPServerFactory(Factory):
         self.spool_directory = spool_directory
         self.limiter = limiter
         self.reactor = reactor
+        self.checks = checks
+        self.signing = signing
 
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:
         return SMTPServerProtocol(self)
@@ -111,13 +122,31 @@ class SMTPServerFactory(Factory):
 
 class _Content:
     """A message being received (across BDAT chunks): its spool and inspector, and how the
-    octets now arriving are framed: dot-stuffed DATA (``decoder``) or a counted chunk."""
+    octets now arriving are framed: dot-stuffed DATA (``decoder``) or a counted chunk.
 
-    def __init__(self, spool: Spool | None, max_size: int, keep_header: bool = False) -> None:
+    On its way to the spool the content passes the inbound checks or the DKIM signer (which
+    see it as the client sent it), then the filter of forged Authentication-Results fields.
+    """
+
+    def __init__(
+        self,
+        spool: Spool | None,
+        max_size: int,
+        keep_header: bool = False,
+        check: InboundCheck | None = None,
+        signer: Signer | None = None,
+        checks: InboundChecks | None = None,
+    ) -> None:
         self.spool = spool
         self.write_error: OSError | None = None
+        self.check = check
+        self.signer = signer
+        self.results_filter: ForgedResultsFilter | None = (
+            checks.results_filter(self.write) if checks is not None and spool else None
+        )
+        self._store_sink = self.results_filter.feed if self.results_filter else self.write
         self.inspector = ContentInspector(
-            self.write if spool else _discard, max_size, keep_header=keep_header
+            self._pass_on if spool else _discard, max_size, keep_header=keep_header
         )
         self.decoder: DotDecoder | None = None
         self.local_headers = 0  # octets at the start for local copies only
@@ -127,8 +156,22 @@ class _Content:
         self.receiving = False
 
     def release(self) -> None:
+        if self.check is not None:
+            self.check.cancel()
         if self.spool is not None:
             self.spool.discard()
+
+    def _pass_on(self, data: bytes) -> None:
+        if self.check is not None:
+            self.check.feed(data)
+        if self.signer is not None:
+            self.signer.feed(data)
+        self._store_sink(data)
+
+    def end(self) -> None:
+        """All content has arrived: let the filter decide on what it still holds."""
+        if self.results_filter is not None:
+            self.results_filter.end()
 
     def write(self, data: bytes) -> None:
         """Spool the content; after a write error (disk full, say) read on and discard, so
@@ -433,9 +476,7 @@ class SMTPServerProtocol(LineServerProtocol):
             content = _Content(None, 0)
             content.discard_reply = action.discard
         elif content is None:
-            content = _Content(
-                Spool(self.factory.spool_directory), action.max_size, action.keep_header
-            )
+            content = self._new_content(action)
             content.write(action.trace_headers)
             content.local_headers = action.local_headers
         if action.chunk_size is None:
@@ -447,11 +488,62 @@ class SMTPServerProtocol(LineServerProtocol):
         self._content = content
         self._arm_timer(self.factory.timeouts.data)
 
+    def _new_content(self, action: ReceiveContent) -> _Content:
+        """A spool for the message, with the checks for mail from other servers or the DKIM
+        signer for our users' mail."""
+        factory = self.factory
+        checks, signing = factory.checks, factory.signing
+        transaction = self._session.transaction
+        check = signer = None
+        if action.authenticated:
+            if signing is not None:
+                signer = signing.signer()
+        elif checks is not None and transaction is not None:
+            check = checks.start(
+                self._client, self._session.helo or "", str(transaction.sender or "")
+            )
+        return _Content(
+            Spool(factory.spool_directory),
+            action.max_size,
+            action.keep_header,
+            check=check,
+            signer=signer,
+            checks=checks,
+        )
+
     def _deliver(self, action: Deliver) -> None:
         content = self._content
         assert content is not None and content.spool is not None
         self._content = None
-        transaction = action.transaction
+        content.end()
+        if content.check is not None:
+            self._wait_for(Deferred.fromCoroutine(self._checked(action.transaction, content)))
+            return
+        if content.signer is not None:
+            fields = content.signer.signature_fields(int(self.factory.reactor.seconds()))
+            content.spool.insert(content.local_headers, fields)
+        self._wait_for(self._store(action.transaction, content))
+
+    async def _checked(self, transaction: Transaction, content: _Content) -> Outcome:
+        """Wait for the checks' verdict; refuse the message, or store it with its
+        Authentication-Results field."""
+        assert content.check is not None and content.spool is not None
+        try:
+            verdict = await content.check.verdict()
+        except Exception:
+            log.failure("checking message {id} failed", id=transaction.id)
+            content.release()
+            return self._session.delivery_finished(replies.LOCAL_ERROR)
+        events.message_checked(id=transaction.id, results=verdict.summary())
+        if verdict.refusal is not None:
+            self._log_rejection(verdict.refusal, transaction)
+            content.release()
+            return self._session.delivery_finished(verdict.refusal)
+        content.spool.insert(content.local_headers, verdict.header)
+        return await self._store(transaction, content)
+
+    def _store(self, transaction: Transaction, content: _Content) -> Deferred[Reply]:
+        assert content.spool is not None
         size = content.inspector.size
         events.message_received(
             id=transaction.id,
@@ -509,11 +601,9 @@ class SMTPServerProtocol(LineServerProtocol):
             )
             return self._session.delivery_finished(reply)
 
-        self._wait_for(
-            self.factory.store.deliver(content.spool, transaction.mailboxes, queued).addCallbacks(
-                delivered, failed
-            )
-        )
+        return self.factory.store.deliver(
+            content.spool, transaction.mailboxes, queued
+        ).addCallbacks(delivered, failed)
 
     def _wait_for(
         self, work: Deferred[Outcome] | Deferred[Reply] | Deferred[Outcome | None]

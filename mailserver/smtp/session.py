@@ -175,6 +175,7 @@ class ReceiveContent:
     discard: Reply | None = None
     keep_header: bool = False  # the session will need the header section (From check)
     local_headers: int = 0
+    authenticated: bool = False  # from a logged-in user: to be signed, not checked
 
 
 @dataclass(frozen=True)
@@ -525,6 +526,7 @@ class SMTPSession:
             chunk_size=chunk_size,
             last=last,
             keep_header=self.user is not None and self.policy.check_from_header,
+            authenticated=self.user is not None,
         )
 
     # -- commands -----------------------------------------------------------------------
