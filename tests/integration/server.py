@@ -87,6 +87,8 @@ class RunningServer:
             "smtp": {"listen": [f"tcp:{self.smtp_port}:interface=127.0.0.1"]},
             "submission": {"listen": _listeners(self.submission_port, self.submissions_port)},
             "pop3": {"listen": _listeners(self.pop3_port, self.pop3s_port)},
+            # Sender checks ask DNS: only tests that run a loopback DNS server turn them on.
+            "checks": {"enabled": False},
         }
         for name, values in self.settings.items():
             sections.setdefault(name, {}).update(values)
@@ -182,5 +184,7 @@ def _toml(value: object) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {_toml(item)}" for key, item in value.items()) + "}"
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
