@@ -12,22 +12,31 @@ step 3): the message is accepted with temperror recorded, or deferred with 451 i
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 
+from mailserver.address import AddressError, normalize_domain
 from mailserver.authresults import ForgedResultsFilter, MethodResult, header_field
-from mailserver.dkim import DKIMResult, Verifier
+from mailserver.dkim import DKIMResult, Verifier, parse_header_fields
 from mailserver.dmarc import Authenticated, DMARCVerdict, TextLookup, evaluate
 from mailserver.dnsquery import DNSQuery
 from mailserver.smtp import replies
-from mailserver.smtp.data import AuthorError, authors_of
 from mailserver.smtp.replies import Reply
 from mailserver.spf import SPFResult, SPFVerdict, check_spf
 
 SPF_TIME_LIMIT = 20.0  # seconds for one whole SPF evaluation (RFC 7208 §4.6.4: at least 20)
+DMARC_TIME_LIMIT = 20.0  # seconds to find one domain's policy
+_SEVERITY = {"pass": 0, "none": 1, "permerror": 2, "temperror": 3, "fail": 4}
+_DISPOSITIONS = ("none", "quarantine", "reject")
+# From addresses as any reader would find them: "@" then a domain, outside quoted strings
+# and comments (removed first). Display names cannot hide one.
+_AUTHOR_DOMAIN = re.compile(r"@\s*(\[[^\]]*\]|[^\s<>,;:\"()\[\]@\\]+)")
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 
 
 @dataclass(frozen=True)
@@ -96,24 +105,30 @@ class InboundCheck:
             check_spf(query, client_address, sender, helo, policy.authserv_id)
         )
         self._spf.addTimeout(SPF_TIME_LIMIT, clock)
+        self._clock = clock
         self._helo = helo
-        self._verifier = Verifier(query)
+        self._verifier = Verifier(query, clock)
 
     def feed(self, data: bytes) -> None:
         self._verifier.feed(data)
 
     def cancel(self) -> None:
         self._spf.cancel()
+        self._spf.addErrback(lambda _: None)  # nobody will wait for it now
         self._verifier.cancel()
 
     async def verdict(self) -> Verdict:
+        if self._verifier.header_too_large:
+            # Neither DKIM nor DMARC can be judged on a header we did not keep; a forger must
+            # not escape the policy that way. RFC 5322 sets no limit, real mail is far below.
+            self.cancel()
+            return Verdict(b"", replies.HEADER_TOO_LARGE, _UNCHECKED, (), None)
         spf = await self._spf_verdict()
         dkim = await self._verifier.results()
         dmarc = await self._dmarc(spf, dkim)
         results = [self._spf_result(spf)]
         results += [_dkim_result(result) for result in dkim] or [MethodResult("dkim", "none")]
-        if dmarc is not None:
-            results.append(_dmarc_result(dmarc))
+        results.append(_dmarc_result(dmarc))
         return Verdict(
             header_field(self._policy.authserv_id, results),
             self._refusal(spf, dkim, dmarc),
@@ -130,26 +145,29 @@ class InboundCheck:
             identity = "mailfrom" if self._sender else "helo"
             return SPFVerdict(SPFResult.TEMPERROR, domain, identity, "SPF check took too long")
 
-    async def _dmarc(self, spf: SPFVerdict, dkim: Sequence[DKIMResult]) -> DMARCVerdict | None:
-        header = self._verifier.header
-        if header is None:
-            return None  # no header section we could read: nothing to align with
-        try:
-            authors = authors_of(header, whole_message=True)
-        except AuthorError as error:
-            return DMARCVerdict("permerror", "", reason=f"the message {error}")
-        domains = {author.domain for author in authors}
-        if len(domains) != 1:
-            # RFC 7489 §6.6.1: which domain's policy applies is then unclear.
-            return DMARCVerdict("permerror", "", reason="From names several domains")
-        query: TextLookup = self._query
+    async def _dmarc(self, spf: SPFVerdict, dkim: Sequence[DKIMResult]) -> DMARCVerdict:
+        """The strictest verdict over every domain in every From field (RFC 7489 §6.6.1),
+        read leniently: a From that a strict parser would refuse must not escape the
+        policy of the domain it names."""
+        fields = parse_header_fields(self._verifier.header or b"")
+        domains = author_domains(fields or [])
+        if not domains:
+            return DMARCVerdict("permerror", "", reason="no From domain to check")
         authenticated = Authenticated(
             spf.domain if spf.result is SPFResult.PASS else None,
             [result.domain for result in dkim if result.result == "pass"],
-            incomplete=spf.result is SPFResult.TEMPERROR
-            or any(result.result == "temperror" for result in dkim),
+            incomplete=spf.result is SPFResult.TEMPERROR or self._verifier.incomplete,
         )
-        return await evaluate(query, domains.pop(), authenticated, self._draw)
+        verdicts = [await self._evaluate(domain, authenticated) for domain in domains]
+        return max(verdicts, key=_severity)
+
+    async def _evaluate(self, domain: str, authenticated: Authenticated) -> DMARCVerdict:
+        query: TextLookup = self._query
+        evaluation = Deferred.fromCoroutine(evaluate(query, domain, authenticated, self._draw))
+        try:
+            return await evaluation.addTimeout(DMARC_TIME_LIMIT, self._clock)
+        except TimeoutError:
+            return DMARCVerdict("temperror", domain, reason="DMARC look-up took too long")
 
     def _spf_result(self, spf: SPFVerdict) -> MethodResult:
         if spf.identity == "mailfrom":
@@ -183,6 +201,36 @@ class InboundCheck:
         if failed_dns and policy.defer_on_dns_failure:
             return replies.CHECKS_DEFERRED
         return None
+
+
+def author_domains(fields: Sequence[tuple[bytes, bytes]]) -> list[str]:
+    """Every domain of every From field, A-labels, without repeats; address literals and
+    names that are no domain are left out (no DNS policy can exist for them)."""
+    found: dict[str, None] = {}
+    for name, value in fields:
+        if name.lower() != b"from":
+            continue
+        text = value.decode("utf-8", "replace").replace("\r\n", "")
+        text = _QUOTED.sub(" ", text)
+        previous = None
+        while previous != text:  # comments may nest
+            previous, text = text, _COMMENT.sub(" ", text)
+        for match in _AUTHOR_DOMAIN.finditer(text):
+            domain = match[1].rstrip(".")
+            if domain.startswith("["):
+                continue
+            try:
+                found.setdefault(normalize_domain(domain), None)
+            except AddressError:
+                continue
+    return list(found)
+
+
+def _severity(verdict: DMARCVerdict) -> tuple[int, int]:
+    return _SEVERITY.get(verdict.result, 0), _DISPOSITIONS.index(verdict.disposition)
+
+
+_UNCHECKED = SPFVerdict(SPFResult.NONE, "", "mailfrom", "not checked")
 
 
 def _dkim_result(result: DKIMResult) -> MethodResult:

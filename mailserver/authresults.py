@@ -20,6 +20,7 @@ _CLASSIFY = len(b"authentication-results") + 64  # octets that always show wheth
 _TOKEN = re.compile(r"[^\x00-\x20()<>@,;:\\\"/\[\]?=\x7f]+")
 # §2.2 pvalue: also "[ [ local-part ] "@" ] domain-name" as it is.
 _ADDRESS = re.compile(r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]*@)?[A-Za-z0-9.-]+")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 
 
@@ -58,12 +59,18 @@ def header_field(authserv_id: str, results: Sequence[MethodResult]) -> bytes:
 
 
 def authserv_id_of(value: bytes) -> str:
-    """The authserv-id of a field value (§2.2): the first word, comments and folding aside."""
+    """The authserv-id of a field value (§2.2): the first word, comments and folding aside,
+    unquoted if it is a quoted string (a reader unquotes it too)."""
     text = value.decode("utf-8", "replace").replace("\r\n", "")
     previous = None
     while previous != text:  # comments may nest
         previous, text = text, _COMMENT.sub(" ", text)
-    return text.strip().split(";", 1)[0].split(None, 1)[0].lower() if text.strip() else ""
+    text = text.strip()
+    if text.startswith('"'):
+        quoted = _QUOTED.match(text)
+        if quoted is not None:
+            return re.sub(r"\\(.)", r"\1", quoted[1]).strip().lower()
+    return text.split(";", 1)[0].split(None, 1)[0].lower() if text else ""
 
 
 class ForgedResultsFilter:
@@ -127,11 +134,16 @@ class ForgedResultsFilter:
             self._sink(bytes(out))
 
     def end(self) -> None:
-        """The message is complete: decide on a field still held (a message without body)."""
+        """The message is complete: decide on a field still held (a message without body),
+        and on a last line too short to classify until now."""
         out = bytearray()
-        if self._pending:
-            self._route(self._pending, out)
-            self._pending = b""
+        pending, self._pending = self._pending, b""
+        if self._in_header and self._at_line_start and pending[:1] not in (b" ", b"\t"):
+            self._field_ended(out)
+            if _NAME_LINE.match(pending):
+                self._held = bytearray()
+        if pending:
+            self._route(pending, out)
         self._field_ended(out)
         if out:
             self._sink(bytes(out))

@@ -613,7 +613,7 @@ class ChecksConfig:
 
     enabled: bool = _setting(True, _boolean)
     # The name in our Authentication-Results headers (RFC 8601 §2.5); "" means server.hostname.
-    authserv_id: str = _setting("", lambda value: _text(value, 'a host name, or ""'))
+    authserv_id: str = _setting("", lambda value: "" if value == "" else _hostname(value))
     dmarc_reject: bool = _setting(True, _boolean)  # refuse DMARC failures of p=reject domains
     spf_reject: bool = _setting(False, _boolean)  # refuse SPF "fail" results
     # When a look-up fails: "accept" (recording temperror) or "defer" (a 451 reply).

@@ -22,13 +22,15 @@ from typing import Any, Protocol
 import dkim
 from dkim.canonicalization import (
     CanonicalizationPolicy,
-    InvalidCanonicalizationPolicyError,
     Relaxed,
     Simple,
 )
-from dkim.util import InvalidTagValueList, parse_tag_value
-from twisted.internet.defer import Deferred
+from dkim.util import parse_tag_value
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
+from mailserver.address import AddressError, normalize_domain
 from mailserver.dkimkeys import SigningKey
 from mailserver.dnsquery import LookupFailed
 from mailserver.smtp.data import AuthorError, authors_of
@@ -37,6 +39,24 @@ MAX_HEADER = 256 * 1024  # octets of header section kept; a larger one is neithe
 MAX_LINE = 1024 * 1024  # a longer line stops the body hash (RFC 5322 §2.1.1 allows 998 octets)
 MAX_SIGNATURES = 5  # checked per message; more is a way to make us work, not a real need
 HEADER_NAME = b"DKIM-Signature"
+# Signed once more than they occur, so none can be added without breaking the signature
+# (RFC 6376 §5.4.2, §8.15): the fields a reader sees and trusts.
+OVERSIGNED = (
+    b"from",
+    b"sender",
+    b"reply-to",
+    b"to",
+    b"cc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"in-reply-to",
+    b"references",
+    b"mime-version",
+    b"content-type",
+    b"content-transfer-encoding",
+)
+MAX_RSA_BITS = 4096  # RFC 8301 §3.2: verifiers need not take larger keys; they cost seconds
 _SENTINEL = b"x\r\n"  # a non-empty last line, so dkimpy keeps the empty lines before it
 _BLANKS = b"\r\n" * 4096
 
@@ -186,14 +206,25 @@ class MessageTap:
         self._hashers = self.header_complete(header)
 
 
+_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
+
+
 def parse_header_fields(header: bytes) -> list[tuple[bytes, bytes]] | None:
-    """The header section as dkimpy's (name, value) pairs; None if a line is neither a field
-    nor a continuation."""
-    try:
-        fields, _body = dkim.rfc822_parse(header + b"\r\n")
-    except dkim.MessageFormatError:
-        return None
-    return [(bytes(name), bytes(value)) for name, value in fields]
+    """The header section as the (name, value) pairs dkimpy works on (the value is all after
+    the colon, continuation lines and CRLFs included); None if a line is neither a field nor
+    a continuation. Linear in the size of the header: dkimpy's own parser is not."""
+    pieces: list[tuple[bytes, list[bytes]]] = []
+    for line in header.removesuffix(b"\r\n").split(b"\r\n") if header else []:
+        if line[:1] in (b" ", b"\t"):
+            if not pieces:
+                return None
+            pieces[-1][1].append(line + b"\r\n")
+            continue
+        match = _FIELD_NAME.match(line)
+        if match is None:
+            return None
+        pieces.append((match[1], [line[match.end() :] + b"\r\n"]))
+    return [(name, b"".join(value)) for name, value in pieces]
 
 
 # --- Signing ---------------------------------------------------------------------------------
@@ -212,6 +243,7 @@ def signature_field(
     recommends (From signed once more than it occurs, so none can be added)."""
     signer = dkim.DKIM(logger=_log)
     signer.headers = fields
+    signer.add_frozen(OVERSIGNED)
     include = tuple(name.lower() for name in signer.default_sign_headers())
     policy = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
     tags = [
@@ -221,7 +253,7 @@ def signature_field(
         (b"d", domain.encode("ascii")),
         (b"s", selector.encode("ascii")),
         (b"t", str(now).encode("ascii")),
-        (b"h", b":".join(include)),
+        (b"h", b" : ".join(include)),  # RFC 6376 §3.5: folding only around the colons
         (b"bh", base64.b64encode(body_hash)),
         (b"b", b""),
     ]
@@ -271,10 +303,17 @@ class SigningTable:
             authors = authors_of(header, whole_message=True)
         except AuthorError:
             return ()
-        domains = {author.domain for author in authors}
+        domains = {_normalized(author.domain) for author in authors}
         if len(domains) != 1:
             return ()
-        return self._by_domain.get(domains.pop(), ())
+        return self._by_domain.get(domains.pop() or "", ())
+
+
+def _normalized(domain: str) -> str | None:
+    try:
+        return normalize_domain(domain)
+    except AddressError:
+        return None
 
 
 class Signer(MessageTap):
@@ -325,25 +364,41 @@ class DKIMResult:
     reason: str = ""
 
 
+_HOST_LABELS = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
+
+
 class _Signature:
-    """One DKIM-Signature field under check."""
+    """One DKIM-Signature field under check; ``error`` says why it cannot be checked."""
 
     def __init__(self, field: tuple[bytes, bytes]) -> None:
         self.field = field
         self.tags: dict[bytes, bytes] = {}
         self.error = ""
         self.hasher: BodyHasher | None = None
-        self.key_record: Deferred[list[bytes]] | None = None
+        self.key_record: Deferred[list[bytes] | LookupFailed] | None = None
         try:
             self.tags = parse_tag_value(field[1])
             dkim.validate_signature_fields(self.tags)
             self.policy = CanonicalizationPolicy.from_c_value(self.tags.get(b"c", b"simple"))
-        except (InvalidTagValueList, dkim.DKIMException, InvalidCanonicalizationPolicyError) as e:
-            self.error = f"bad signature field: {e}"
+        except Exception as error:  # dkimpy fails in assorted ways on hostile fields
+            self.error = f"bad signature field: {error}"
             return
-        if self.tags[b"a"] == b"rsa-sha1":
+        self.error = self._unusable()
+
+    def _unusable(self) -> str:
+        tags = self.tags
+        if tags[b"a"] == b"rsa-sha1":
             # RFC 8301 §3.1: verifiers must not consider rsa-sha1 signatures valid.
-            self.error = "rsa-sha1 signatures are not accepted"
+            return "rsa-sha1 signatures are not accepted"
+        if b"l" in tags and not tags[b"l"].isdigit():
+            return "bad l= tag"
+        if not _HOST_LABELS.fullmatch(self.key_name):
+            return "d= or s= is not a domain name"
+        included = [name.strip().lower() for name in tags[b"h"].split(b":")]
+        if b"from" not in included:
+            # RFC 6376 §6.1.1: a signature that does not cover From must be ignored.
+            return "From is not signed"
+        return ""
 
     @property
     def domain(self) -> str:
@@ -359,49 +414,78 @@ class _Signature:
 
     def result(self, result: str, reason: str) -> DKIMResult:
         prefix = re.sub(rb"\s+", b"", self.tags.get(b"b", b""))[:8]
-        return DKIMResult(result, self.domain, self.selector, prefix.decode("ascii"), reason)
+        return DKIMResult(
+            result, self.domain, self.selector, prefix.decode("ascii", "replace"), reason
+        )
 
 
 class KeyLookup(Protocol):
     def texts(self, name: str) -> Any: ...  # a coroutine giving list[bytes]
 
 
+KEY_TIME_LIMIT = 20.0  # seconds for one key record, CNAMEs and retries included
+
+
 class Verifier(MessageTap):
     """Checks the DKIM signatures of a message (at most :data:`MAX_SIGNATURES`): the body
     hashes as the content streams past, the key records looked up as soon as the header
-    section is complete, the header signatures at :meth:`results`."""
+    section is complete, the header signatures at :meth:`results`.
 
-    def __init__(self, query: KeyLookup) -> None:
+    ``incomplete`` says that a signature went unchecked for a reason of ours (one signature
+    too many, a line too long to hash, a key look-up that failed): it might have passed.
+    """
+
+    def __init__(self, query: KeyLookup, clock: IReactorTime) -> None:
         super().__init__()
         self._query = query
+        self._clock = clock
         self._signatures: list[_Signature] = []
         self._fields: list[tuple[bytes, bytes]] | None = None
+        self._lookups: list[Deferred[list[bytes] | LookupFailed]] = []
+        self.incomplete = False
 
     def header_complete(self, header: bytes) -> list[BodyHasher]:
         self._fields = parse_header_fields(header)
         if self._fields is None:
             return []
         found = [f for f in self._fields if f[0].lower() == HEADER_NAME.lower()]
+        self.incomplete = len(found) > MAX_SIGNATURES
         self._signatures = [_Signature(field) for field in found[:MAX_SIGNATURES]]
         hashers: dict[tuple[bytes, bytes, int | None], BodyHasher] = {}
-        lookups: dict[str, Deferred[list[bytes]]] = {}
+        lookups: dict[str, Deferred[list[bytes] | LookupFailed]] = {}
         for signature in self._signatures:
             if signature.error:
                 continue
             tags = signature.tags
-            algorithm = tags[b"a"]
-            factory = hashlib.sha1 if algorithm == b"rsa-sha1" else hashlib.sha256
             limit = int(tags[b"l"]) if b"l" in tags else None
             body = signature.policy.body_algorithm.name
-            shared = (body, algorithm.split(b"-")[-1], limit)
+            shared = (body, tags[b"a"].split(b"-")[-1], limit)
             if shared not in hashers:
-                hashers[shared] = BodyHasher(body, factory, limit)
+                hashers[shared] = BodyHasher(body, hashlib.sha256, limit)
             signature.hasher = hashers[shared]
             name = signature.key_name
             if name not in lookups:
-                lookups[name] = Deferred.fromCoroutine(self._query.texts(name))
-            signature.key_record = lookups[name]
+                lookups[name] = self._look_up(name)
+            signature.key_record = _copy(lookups[name])
         return list(hashers.values())
+
+    def _look_up(self, name: str) -> Deferred[list[bytes] | LookupFailed]:
+        """The key records of ``name``, or the failure; never fails itself."""
+
+        async def look_up() -> list[bytes] | LookupFailed:
+            try:
+                records: list[bytes] = await self._query.texts(name)
+            except LookupFailed as failure:
+                return failure
+            return records
+
+        def timed_out(failure: Failure) -> LookupFailed:
+            failure.trap(TimeoutError)
+            return LookupFailed("timeout")
+
+        lookup = Deferred.fromCoroutine(look_up())
+        self._lookups.append(lookup)
+        return lookup.addTimeout(KEY_TIME_LIMIT, self._clock).addErrback(timed_out)
 
     @property
     def signed(self) -> bool:
@@ -409,9 +493,10 @@ class Verifier(MessageTap):
 
     def cancel(self) -> None:
         """Stop the key look-ups (the message will not be accepted)."""
-        for signature in self._signatures:
-            if signature.key_record is not None and not signature.key_record.called:
-                signature.key_record.cancel()
+        waiting = [s.key_record for s in self._signatures if s.key_record is not None]
+        for deferred in [*self._lookups, *waiting]:
+            deferred.cancel()
+            deferred.addErrback(lambda _: None)  # nobody will wait for it now
 
     async def results(self) -> list[DKIMResult]:
         """One result per signature checked, in header order; none when the message is
@@ -419,15 +504,19 @@ class Verifier(MessageTap):
         self.end()
         results = []
         for signature in self._signatures:
-            results.append(await self._check(signature))
+            result = await self._check(signature)
+            if result.result == "temperror" or result.reason == LINE_TOO_LONG:
+                self.incomplete = True
+            results.append(result)
         return results
 
     async def _check(self, signature: _Signature) -> DKIMResult:
         if signature.error or signature.hasher is None or signature.key_record is None:
             return signature.result("neutral", signature.error or "cannot be checked")
+        records = await signature.key_record
         body_hash = signature.hasher.digest()
         if body_hash is None:
-            return signature.result("neutral", "a body line is too long to check")
+            return signature.result("neutral", LINE_TOO_LONG)
         try:
             expected = base64.b64decode(re.sub(rb"\s+", b"", signature.tags[b"bh"]))
         except ValueError:
@@ -435,10 +524,8 @@ class Verifier(MessageTap):
         if body_hash != expected:
             # RFC 6376 §6.1.3: the body hash does not verify.
             return signature.result("fail", "body hash mismatch")
-        try:
-            records = await signature.key_record
-        except LookupFailed as failure:
-            return signature.result("temperror", f"key look-up failed: {failure.reason}")
+        if isinstance(records, LookupFailed):
+            return signature.result("temperror", f"key look-up failed: {records.reason}")
         return self._verify_header(signature, records)
 
     def _verify_header(self, signature: _Signature, records: list[bytes]) -> DKIMResult:
@@ -449,19 +536,37 @@ class Verifier(MessageTap):
         assert self._fields is not None
         verifier.headers = self._fields
         try:
-            verifier.pk, verifier.keysize, verifier.ktag, verifier.seqtlsrpt = dkim.evaluate_pk(
-                signature.key_name.encode(), keys[0]
-            )
-        except (dkim.DKIMException, ValueError) as error:
+            key, size, kind, tlsrpt = dkim.evaluate_pk(signature.key_name.encode(), keys[0])
+        except Exception as error:  # dkimpy fails in assorted ways on hostile records
             return signature.result("permerror", f"unusable key: {error}")
-        include = [name.lower() for name in re.split(rb"\s*:\s*", signature.tags[b"h"])]
+        if kind == b"rsa" and (size > MAX_RSA_BITS or key["publicExponent"] > 2**32):
+            return signature.result("permerror", f"RSA key of {size} bits is too large")
+        verifier.pk, verifier.keysize, verifier.ktag, verifier.seqtlsrpt = key, size, kind, tlsrpt
+        include = [name.strip().lower() for name in signature.tags[b"h"].split(b":")]
         tags = {name: value for name, value in signature.tags.items() if name != b"bh"}
         try:
             valid = verifier.verify_sig_process(tags, include, signature.field, None)
         except dkim.KeyFormatError as error:
             return signature.result("permerror", f"unusable key: {error}")
-        except (dkim.DKIMException, ValueError) as error:
-            return signature.result("neutral", str(error))
+        except Exception as error:  # a malformed b= and the like
+            return signature.result("neutral", str(error) or type(error).__name__)
         if not valid:
             return signature.result("fail", "signature does not verify")
         return signature.result("pass", "")
+
+
+LINE_TOO_LONG = "a body line is too long to check"
+
+
+def _copy(source: Deferred[Any]) -> Deferred[Any]:
+    """A Deferred that fires with ``source``'s result, leaving ``source`` as it is (two
+    signatures may wait for one key record)."""
+    copy: Deferred[Any] = Deferred()
+
+    def pass_on(result: object) -> object:
+        if not copy.called:  # unless cancelled meanwhile
+            copy.callback(result)
+        return result
+
+    source.addCallback(pass_on)
+    return copy

@@ -70,6 +70,13 @@ def name_text(name: dns.Name) -> str | None:
         return None
 
 
+def _is_dns_name(name: str) -> bool:
+    """ASCII, at most 253 octets, labels of 1 to 63 octets (RFC 1035 §2.3.4)."""
+    if not name.isascii() or not 0 < len(name) <= 253:
+        return False
+    return all(0 < len(label) <= 63 for label in name.split("."))
+
+
 def _reason(error: Exception) -> str:
     """A short name for a lookup failure (the exceptions carry whole DNS messages)."""
     for kind, reason in _REASONS:
@@ -94,6 +101,10 @@ class DNSQuery:
         it stops short, the rest is asked for.
         """
         name = name.lower().rstrip(".")
+        if not _is_dns_name(name):
+            # Not in DNS's form (a U-label, an empty or over-long label): it cannot exist,
+            # and Twisted would encode it with IDNA 2003 (straße as strasse) or fail.
+            raise NoSuchName(name)
         for _ in range(MAX_CNAME_CHAIN):
             try:
                 lookup: Callable[..., Deferred[Any]] = getattr(self._resolver, _LOOKUPS[kind])

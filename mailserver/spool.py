@@ -30,6 +30,7 @@ class Spool:
         self._fd: int | None = None
         self._path: Path | None = None
         self._insertion: tuple[int, bytes] | None = None
+        self._discarded = False
         self.size = 0
 
     def write(self, data: bytes) -> None:
@@ -47,6 +48,8 @@ class Spool:
         the kernel."""
         if not data:
             return
+        if self._discarded:
+            raise ValueError("the message was discarded")
         if self._insertion is not None:
             raise ValueError("one insertion per message")
         self.size += len(data)
@@ -60,6 +63,8 @@ class Spool:
     def finish(self) -> tuple[Path, int]:
         """Write out what is buffered (blocking); returns the file and its open descriptor,
         for the caller to fsync once it has linked the file where it belongs."""
+        if self._discarded:
+            raise ValueError("the message was discarded")
         self._flush()
         if self._insertion is not None:
             self._rewrite(*self._insertion)
@@ -82,6 +87,7 @@ class Spool:
 
     def discard(self) -> None:
         """Close and remove the spool file, if any; safe to call more than once."""
+        self._discarded = True
         self._buffer.clear()
         self._buffered = 0
         if self._fd is not None:

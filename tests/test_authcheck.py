@@ -85,11 +85,35 @@ def test_null_sender_is_checked_by_helo() -> None:
     assert b"smtp.helo=client.example" in verdict.header
 
 
-def test_several_author_domains_are_a_dmarc_permerror() -> None:
-    """From with addresses in two domains gives dmarc=permerror, never a refusal."""
+def test_every_author_domain_is_judged_and_the_strictest_applies() -> None:
+    """RFC 7489 §6.6.1: with two From domains each is evaluated; bank.example's p=reject
+    failure wins over client.example's pass."""
     verdict = check(b"From: a@client.example, b@bank.example\r\n\r\nhi\r\n")
     assert verdict.dmarc is not None
-    assert (verdict.dmarc.result, verdict.refusal) == ("permerror", None)
+    assert (verdict.dmarc.result, verdict.dmarc.author_domain) == ("fail", "bank.example")
+    assert verdict.refusal == replies.DMARC_REJECTED
+
+
+def test_from_that_a_strict_parser_refuses_is_still_judged() -> None:
+    """Two From fields, an unclosed comment, a line that is no field: the domains are found
+    all the same, and forged mail from a p=reject domain is refused."""
+    for header in (
+        b"From: Bank <ceo@bank.example>\r\nFrom: Bank <ceo@bank.example>\r\n",
+        b"From: Bank <ceo@bank.example> (x\r\n",
+        b'From: "alice@client.example" <ceo@BANK.example.>\r\n',
+    ):
+        verdict = check(header + b"\r\npay\r\n")
+        assert verdict.refusal == replies.DMARC_REJECTED, header
+
+
+def test_u_label_from_is_looked_up_as_a_label() -> None:
+    """RFC 7489 §6.6.1: a U-label domain is converted to its A-label (IDNA 2008) first."""
+    zone = dict(SENDER_ZONE)
+    zone[(dns.TXT, "_dmarc.xn--bcher-kva.example")] = txt("v=DMARC1; p=reject")
+    verdict = check(b"From: ceo@b\xc3\xbccher.example\r\n\r\nhi\r\n", FakeDNS(zone))
+    assert verdict.dmarc is not None
+    assert verdict.dmarc.author_domain == "xn--bcher-kva.example"
+    assert verdict.refusal == replies.DMARC_REJECTED
 
 
 def test_missing_from_is_a_dmarc_permerror() -> None:
@@ -97,7 +121,7 @@ def test_missing_from_is_a_dmarc_permerror() -> None:
     verdict = check(b"Subject: no author\r\n\r\nhi\r\n")
     assert verdict.dmarc is not None
     assert verdict.dmarc.result == "permerror"
-    assert b"dmarc=permerror (the message it has no From header field)" in verdict.header
+    assert b"dmarc=permerror (no From domain to check)" in verdict.header
 
 
 def test_dmarc_refusal_names_the_domain() -> None:

@@ -135,3 +135,16 @@ def test_huge_forged_field_is_dropped_without_holding_it() -> None:
     flt.feed(b"Subject: kept\r\n\r\nbody\r\n")
     flt.end()
     assert b"".join(output) == b"Subject: kept\r\n\r\nbody\r\n"
+
+
+def test_quoted_authserv_id_is_ours_too() -> None:
+    """A quoted-string authserv-id is unquoted before the comparison, as readers do."""
+    assert authserv_id_of(b' "MX.example.org"; dmarc=pass') == "mx.example.org"
+    assert run(b'Authentication-Results: "mx.example.org"; dmarc=pass\r\n\r\nx', []) == b"\r\nx"
+
+
+def test_short_last_line_without_crlf_is_classified() -> None:
+    """A message that ends in a short, unterminated forged field (BDAT allows it) loses it."""
+    message = b"From: a@b.example\r\nAuthentication-Results: mx.example.org; dmarc=pass"
+    assert run(message, []) == b"From: a@b.example\r\n"
+    assert run(b"From: a@b.example\r\nX-Short: 1", []) == b"From: a@b.example\r\nX-Short: 1"

@@ -696,3 +696,10 @@ def test_checks_settings() -> None:
         spf_reject=True,
         dns_failure="defer",
     )
+
+
+def test_authserv_id_must_be_a_host_name() -> None:
+    """authserv_id goes into every Authentication-Results field: a name, not free text."""
+    assert problems('[checks]\nauthserv_id = "mx.example.org; dmarc=pass"\n')[0].startswith(
+        "test.toml: checks.authserv_id: expected a domain name"
+    )

@@ -16,6 +16,7 @@ from dkim.canonicalization import Relaxed, Simple
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.testing import MemoryReactorClock
 
 from mailserver.dkim import (
     MAX_HEADER,
@@ -23,7 +24,9 @@ from mailserver.dkim import (
     DKIMResult,
     Signer,
     SigningIdentity,
+    SigningTable,
     Verifier,
+    parse_header_fields,
 )
 from mailserver.dkimkeys import SigningKey, generate, parse_key
 from mailserver.dnsquery import LookupFailed
@@ -149,12 +152,39 @@ def test_dual_signature_each_verifies() -> None:
 
 
 def test_signature_covers_from_and_cannot_have_one_added() -> None:
-    """From is signed once more than it occurs, so a second From breaks the signature."""
+    """From, To, Subject, Date and Message-ID are signed once more than they occur, so a
+    second From or Subject breaks the signature (RFC 6376 §8.15)."""
     fields = sign(MESSAGE)
-    assert b"h=from:to:subject:date:message-id:from;" in fields.replace(b"\r\n ", b"")
+    found = re.search(rb"h=([^;]*);", fields.replace(b"\r\n ", b""))
+    assert found is not None
+    signed = [name.strip() for name in found[1].split(b":")]
+    for name in (b"from", b"to", b"subject", b"date", b"message-id"):
+        assert signed.count(name) == 2, name
     records = dns_for([RSA])
-    forged = fields + b"From: mallory@example.com\r\n" + MESSAGE
-    assert not dkim.verify(forged, dnsfunc=lambda name, timeout=5: records[name])
+    for added in (b"From: mallory@example.com\r\n", b"Subject: Pay now\r\n"):
+        forged = fields + added + MESSAGE
+        assert not dkim.verify(forged, dnsfunc=lambda name, timeout=5: records[name])
+
+
+def test_many_signed_fields_fold_only_around_colons() -> None:
+    """A long h= list is folded at its colons, never inside a field name (RFC 6376 §3.5),
+    so a message with a mail program's dozen fields still verifies."""
+    message = (
+        b"Message-ID: <1@example.org>\r\nDate: Tue, 01 Dec 2026 06:00:00 +0000\r\n"
+        b"MIME-Version: 1.0\r\nUser-Agent: Mozilla Thunderbird\r\nContent-Language: en-US\r\n"
+        b"To: bob@example.net\r\nCc: carol@example.net\r\nReply-To: alice@example.org\r\n"
+        b"From: Alice <alice@example.org>\r\nSubject: Long header list\r\n"
+        b"Content-Type: text/plain; charset=UTF-8; format=flowed\r\n"
+        b"Content-Transfer-Encoding: 7bit\r\n\r\nHi.\r\n"
+    )
+    fields = sign(message)
+    found = re.search(rb"h=([^;]*);", fields.replace(b"\r\n", b""))
+    assert found is not None
+    names = [name.strip() for name in found[1].split(b":")]
+    assert b"content-transfer-encoding" in names
+    assert all(re.fullmatch(rb"[a-z-]+", name) for name in names), names
+    records = dns_for([RSA])
+    assert dkim.verify(fields + message, dnsfunc=lambda name, timeout=5: records[name])
 
 
 def test_no_identities_no_signature() -> None:
@@ -204,7 +234,7 @@ class FakeKeys:
 
 
 def verify(message: bytes, keys: FakeKeys, cuts: Sequence[int] = ()) -> list[DKIMResult]:
-    verifier = Verifier(keys)
+    verifier = Verifier(keys, MemoryReactorClock())
     for piece in chunked(message, cuts):
         verifier.feed(piece)
     results: list[DKIMResult] = []
@@ -333,3 +363,110 @@ def test_oversized_header_section_is_not_checked() -> None:
     padding = huge * (MAX_HEADER // len(huge) + 1)
     keys = FakeKeys({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
     assert verify(padding + message, keys) == []
+
+
+def test_hostile_signature_fields_never_raise() -> None:
+    """Fields that make dkimpy itself fail (empty l=, i= without "@", non-ASCII b=, d= with
+    an over-long label) and a header section starting with a continuation line give results
+    or no signatures, never an exception."""
+    base = dkimpy_signed(RSA)
+    cases = [
+        base.replace(b"; d=example.net", b"; l=; d=example.net", 1),
+        base.replace(b"; d=example.net", b"; i=example.net; d=example.net", 1),
+        base.replace(b" b=", b" b=\xff\xfe", 1),
+        base.replace(b"d=example.net", b"d=" + b"x" * 70 + b".example", 1),
+        b" folded first line\r\n" + base,
+    ]
+    keys = FakeKeys({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
+    for message in cases:
+        results = verify(message, keys)
+        assert all(result.result in ("neutral", "fail", "permerror") for result in results)
+
+
+def test_signature_without_from_is_ignored() -> None:
+    """RFC 6376 §6.1.1: a signature whose h= leaves From out cannot vouch for it."""
+    unsigned_from = b"Subject: hello\r\n\r\nbody\r\n"
+    signature = dkim.sign(
+        unsigned_from, b"sel", b"example.net", _pkcs1(RSA), include_headers=[b"subject", b"from"]
+    )
+    signature = signature.replace(b"h=subject : from", b"h=subject")
+    keys = FakeKeys({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
+    forged = signature + b"From: CEO <ceo@example.net>\r\n" + unsigned_from
+    assert [(r.result, r.reason) for r in verify(forged, keys)] == [
+        ("neutral", "From is not signed")
+    ]
+
+
+def test_oversized_rsa_key_is_refused_unread() -> None:
+    """RFC 8301 §3.2: keys over 4096 bits are refused before any arithmetic on them."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    big = rsa.generate_private_key(public_exponent=65537, key_size=4160)
+    public = big.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    keys = FakeKeys({"sel._domainkey.example.net": [record]})
+    (result,) = verify(dkimpy_signed(RSA), keys)
+    assert (result.result, result.reason) == ("permerror", "RSA key of 4160 bits is too large")
+
+
+def test_two_signatures_share_one_failed_key_lookup() -> None:
+    """Two signatures under one key name both see the failed look-up as temperror."""
+    once = dkimpy_signed(RSA)
+    twice = once[: once.index(b"From:")] + once
+    failing = FakeKeys({"sel._domainkey.example.net": LookupFailed("SERVFAIL")})
+    assert [r.result for r in verify(twice, failing)] == ["temperror", "temperror"]
+    assert failing.asked == ["sel._domainkey.example.net"]
+
+
+def test_cancelled_lookups_leave_no_unhandled_errors() -> None:
+    """A message abandoned while its key look-up is pending cancels it quietly."""
+    import gc
+
+    pending: Deferred[list[bytes]] = Deferred()
+
+    class Waiting:
+        async def texts(self, name: str) -> list[bytes]:
+            return await pending
+
+    verifier = Verifier(Waiting(), MemoryReactorClock())
+    verifier.feed(dkimpy_signed(RSA))
+    verifier.cancel()
+    del verifier
+    gc.collect()
+    assert pending.called
+
+
+def _pkcs1(key: SigningKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    pem: bytes = key.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    return pem
+
+
+def test_signing_table_matches_the_from_domain_in_any_form() -> None:
+    """Upper case and U-labels find the key configured under the A-label."""
+    table = SigningTable(
+        [
+            SigningIdentity("example.org", "s1", RSA),
+            SigningIdentity("xn--bcher-kva.example", "s1", RSA),
+        ]
+    )
+    assert table.for_header(b"From: alice@Example.ORG\r\n")
+    assert table.for_header("From: alice@bücher.example\r\n".encode())
+    assert not table.for_header(b"From: alice@example.net\r\n")
+
+
+def test_header_parser_keeps_continuations_and_refuses_strays() -> None:
+    """Continuation lines stay with their field, CRLFs included, as dkimpy reads them; a
+    first line that continues nothing is refused."""
+    header = b"X: a\r\n" + b" \r\n" * 80000 + b"From: b@c\r\n"
+    fields = parse_header_fields(header)
+    assert fields == [(b"X", b" a\r\n" + b" \r\n" * 80000), (b"From", b" b@c\r\n")]
+    assert parse_header_fields(b" x\r\nFrom: a@b\r\n") is None

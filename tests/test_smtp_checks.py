@@ -4,12 +4,14 @@ signatures on our users' mail. DNS is an in-memory fake; everything else is real
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import dkim
 from cryptography.hazmat.primitives import serialization
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.names import dns
 
@@ -21,6 +23,7 @@ from mailserver.dnsquery import LookupFailed, NoSuchName
 from mailserver.logins import LoginChecker
 from mailserver.smtp import replies
 from mailserver.smtp.server import SMTPServerFactory
+from mailserver.spool import Spool
 from tests.test_smtp_server import (
     ALICE,
     EHLO,
@@ -289,3 +292,72 @@ def _pkcs1(key: Any) -> bytes:
         serialization.NoEncryption(),
     )
     return pem
+
+
+class HeldLookups(FakeDNS):
+    """TXT look-ups of ``held`` wait for the test to answer them."""
+
+    def __init__(self, zone: Mapping[tuple[int, str], Sequence[Any] | Exception], held: str):
+        super().__init__(zone)
+        self.held = held
+        self.waiting: list[Deferred[list[Any]]] = []
+
+    async def records_of(self, kind: int, name: str) -> list[Any]:
+        if name == self.held:
+            waiting: Deferred[list[Any]] = Deferred()
+            self.waiting.append(waiting)
+            return await waiting
+        return await super().records_of(kind, name)
+
+
+class CheckedDeliveryTests(ChecksTestCase):
+    def client(self, dns_fake: FakeDNS) -> Client:
+        factory = replace_checks(
+            self.factory(),
+            InboundChecks(dns_fake, CheckPolicy(authserv_id=OURS), self.clock),  # type: ignore[arg-type]
+        )
+        client = Client(factory, PEER)
+        client.take()
+        return client
+
+    def test_client_gone_while_checks_wait_keeps_no_copy(self) -> None:
+        """A client that hangs up while the DMARC look-up is pending never got its 250: the
+        message is dropped, not stored (it will be sent again), and the spool is empty."""
+        dns_fake = HeldLookups(SENDER_ZONE, "_dmarc.client.example")
+        client = self.client(dns_fake)
+        client.send(EHLO + MAIL_FROM_CLIENT + b"DATA\r\n" + message(FROM_CLIENT))
+        self.assertEqual(len(dns_fake.waiting), 1)
+        client.lose()
+        dns_fake.waiting[0].callback(txt("v=DMARC1; p=none"))
+        self.assertEqual(self.store.mailboxes, {})
+        self.assertEqual(self.spool_files(), [])
+
+    def test_write_failure_at_the_end_is_answered_452(self) -> None:
+        """A header-only message whose last field the filter held back to the end: if that
+        write fails (a full disk), the reply is 452 and nothing is stored."""
+        original = Spool.write
+
+        def failing(spool: Spool, data: bytes) -> None:
+            if data.startswith(b"Authentication-Results: other.example"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            original(spool, data)
+
+        self.patch(Spool, "write", failing)
+        client = self.client(FakeDNS(SENDER_ZONE))
+        content = b"From: alice@client.example\r\nAuthentication-Results: other.example; none\r\n"
+        client.send(EHLO + MAIL_FROM_CLIENT + b"DATA\r\n" + message(content))
+        self.assertEqual(client.codes()[-1:], codes(replies.INSUFFICIENT_STORAGE))
+        self.assertEqual(self.store.mailboxes, {})
+        self.assertEqual(self.spool_files(), [])
+
+    def test_client_without_ip_address_is_not_checked(self) -> None:
+        """A client on a UNIX socket has no address for SPF: its mail is taken unchecked."""
+        factory = replace_checks(
+            self.factory(),
+            InboundChecks(FakeDNS({}), CheckPolicy(authserv_id=OURS), self.clock),  # type: ignore[arg-type]
+        )
+        client = Client(factory, UNIXAddress(b"/run/mail.sock"))  # type: ignore[arg-type]
+        client.take()
+        client.send(EHLO + MAIL_FROM_CLIENT + b"DATA\r\n" + message(FROM_CLIENT))
+        self.assertEqual(client.codes()[-1:], codes(replies.MESSAGE_ACCEPTED))
+        self.assertNotIn(b"Authentication-Results", self.stored())

@@ -149,6 +149,9 @@ DMARC_REJECTED = _reply(
 SPF_REJECTED = _reply(
     "SPF_REJECTED", 550, "5.7.1", "Message refused: the sender's SPF record does not allow it"
 )
+HEADER_TOO_LARGE = _reply(
+    "HEADER_TOO_LARGE", 552, "5.3.4", "Message refused: its header section is too large"
+)
 # RFC 7208 §8.6: a DNS failure during the checks is answered 451 with 4.4.3.
 CHECKS_DEFERRED = _reply(
     "CHECKS_DEFERRED", 451, "4.4.3", "Sender checks failed on a DNS error, try again later"

@@ -11,6 +11,7 @@ looks up whether addresses belong to the authenticated user, all as the session 
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +186,15 @@ class _Content:
             self.spool.discard()
 
 
+def _is_ip(text: str) -> bool:
+    """Whether the client has an IP address (a UNIX socket client has none for SPF)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _discard(data: bytes) -> None:
     """Sink for content that is read only to be thrown away."""
 
@@ -330,14 +340,7 @@ class SMTPServerProtocol(LineServerProtocol):
         summary = content.inspector.summary()
         transaction = self._session.transaction  # a refusal below ends it
         if content.write_error is not None:
-            # Our trouble, never the client's: 452 for a full disk, else 451.
-            reply = (
-                replies.INSUFFICIENT_STORAGE
-                if durable.is_full(content.write_error)
-                else replies.LOCAL_ERROR
-            )
-            log.error("spooling failed: {error}", error=content.write_error)
-            self._reject_content(content, reply, transaction)
+            reply = self._spooling_failed(content, transaction)
             self._arm_timer(self.factory.timeouts.command)
             self._perform(self._session.delivery_finished(reply))
             return
@@ -347,6 +350,18 @@ class SMTPServerProtocol(LineServerProtocol):
             self._reject_content(content, refused, transaction)
         self._arm_timer(self.factory.timeouts.command)
         self._perform(outcome)
+
+    def _spooling_failed(self, content: _Content, transaction: Transaction | None) -> Reply:
+        """Our trouble, never the client's: 452 for a full disk, else 451."""
+        assert content.write_error is not None
+        reply = (
+            replies.INSUFFICIENT_STORAGE
+            if durable.is_full(content.write_error)
+            else replies.LOCAL_ERROR
+        )
+        log.error("spooling failed: {error}", error=content.write_error)
+        self._reject_content(content, reply, transaction)
+        return reply
 
     def _reject_content(
         self, content: _Content, reply: Reply, transaction: Transaction | None
@@ -498,7 +513,7 @@ class SMTPServerProtocol(LineServerProtocol):
         if action.authenticated:
             if signing is not None:
                 signer = signing.signer()
-        elif checks is not None and transaction is not None:
+        elif checks is not None and transaction is not None and _is_ip(self._client):
             check = checks.start(
                 self._client, self._session.helo or "", str(transaction.sender or "")
             )
@@ -516,6 +531,10 @@ class SMTPServerProtocol(LineServerProtocol):
         assert content is not None and content.spool is not None
         self._content = None
         content.end()
+        if content.write_error is not None:  # in what the filter held back to the end
+            reply = self._spooling_failed(content, action.transaction)
+            self.send(self._session.delivery_finished(reply))
+            return
         if content.check is not None:
             self._wait_for(Deferred.fromCoroutine(self._checked(action.transaction, content)))
             return
@@ -534,6 +553,10 @@ class SMTPServerProtocol(LineServerProtocol):
             log.failure("checking message {id} failed", id=transaction.id)
             content.release()
             return self._session.delivery_finished(replies.LOCAL_ERROR)
+        if self._closing:
+            # The client is gone without a reply: it will send again, so keep no copy.
+            content.release()
+            return replies.LOCAL_ERROR
         events.message_checked(id=transaction.id, results=verdict.summary())
         if verdict.refusal is not None:
             self._log_rejection(verdict.refusal, transaction)

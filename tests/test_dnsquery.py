@@ -1,0 +1,73 @@
+"""DNS look-ups: TXT records joined, NXDOMAIN told apart from trouble that may pass, and names
+that cannot be in DNS refused without a query (MX routing's look-ups are pinned through the
+router in test_routing.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.names import dns
+from twisted.names.error import DNSServerError
+from twisted.python.failure import Failure
+
+from mailserver.dnsquery import DNSQuery, LookupFailed, NoSuchName
+from tests.test_routing import FakeResolver
+
+
+class TextResolver(FakeResolver):
+    """The routing test's resolver, with TXT records."""
+
+    def txt(self, name: str, *strings: bytes) -> TextResolver:
+        self.add(name, dns.Record_TXT(*strings))
+        return self
+
+    def lookupText(self, name: str, timeout: object = None) -> Deferred[Any]:
+        return self._lookup(name, dns.TXT)
+
+
+def result_of(coroutine: Any) -> Any:
+    results: list[Any] = []
+    Deferred.fromCoroutine(coroutine).addBoth(results.append)
+    (result,) = results
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+def test_txt_strings_are_joined_per_record() -> None:
+    """A TXT record's strings form one text (RFC 7208 §3.3); records stay apart."""
+    resolver = TextResolver().txt("example.org", b"v=spf1 ", b"-all").txt("example.org", b"x")
+    assert result_of(DNSQuery(resolver).texts("Example.ORG.")) == [b"v=spf1 -all", b"x"]
+
+
+def test_texts_of_a_missing_name_are_none() -> None:
+    """NXDOMAIN and NODATA both mean no records for TXT callers."""
+    resolver = TextResolver().exists("example.org")
+    query = DNSQuery(resolver)
+    assert result_of(query.texts("example.org")) == []
+    assert result_of(query.texts("nowhere.example")) == []
+
+
+def test_trouble_is_lookup_failed() -> None:
+    """SERVFAIL and timeouts raise LookupFailed with a short reason."""
+    resolver = TextResolver().fail("a.example", dns.TXT, DNSServerError("x"))
+    resolver.fail("b.example", dns.TXT, TimeoutError())
+    query = DNSQuery(resolver)
+    for name, reason in (("a.example", "SERVFAIL"), ("b.example", "timeout")):
+        with pytest.raises(LookupFailed) as failed:
+            result_of(query.texts(name))
+        assert failed.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "name", ["bücher.example", "a..example", "x" * 64 + ".example", "a." * 127 + "example"]
+)
+def test_names_that_cannot_be_in_dns_are_not_asked(name: str) -> None:
+    """U-labels (Twisted would encode them with IDNA 2003), empty or long labels and names
+    over 253 octets do not exist, and nothing is sent."""
+    resolver = TextResolver()
+    with pytest.raises(NoSuchName):
+        result_of(DNSQuery(resolver).records(dns.TXT, name))
+    assert resolver.queries == []
