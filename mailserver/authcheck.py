@@ -20,7 +20,13 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 
 from mailserver.address import AddressError, normalize_domain
-from mailserver.authresults import ForgedResultsFilter, MethodResult, header_field
+from mailserver.authresults import (
+    ForgedResultsFilter,
+    MethodResult,
+    header_field,
+    without_comments,
+    without_quoted_strings,
+)
 from mailserver.dkim import DKIMResult, Verifier, parse_header_fields
 from mailserver.dmarc import Authenticated, DMARCVerdict, TextLookup, evaluate
 from mailserver.dnsquery import DNSQuery
@@ -35,8 +41,6 @@ _DISPOSITIONS = ("none", "quarantine", "reject")
 # From addresses as any reader would find them: "@" then a domain, outside quoted strings
 # and comments (removed first). Display names cannot hide one.
 _AUTHOR_DOMAIN = re.compile(r"@\s*(\[[^\]]*\]|[^\s<>,;:\"()\[\]@\\]+)")
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
-_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 
 
 @dataclass(frozen=True)
@@ -211,10 +215,7 @@ def author_domains(fields: Sequence[tuple[bytes, bytes]]) -> list[str]:
         if name.lower() != b"from":
             continue
         text = value.decode("utf-8", "replace").replace("\r\n", "")
-        text = _QUOTED.sub(" ", text)
-        previous = None
-        while previous != text:  # comments may nest
-            previous, text = text, _COMMENT.sub(" ", text)
+        text = without_comments(without_quoted_strings(text))
         for match in _AUTHOR_DOMAIN.finditer(text):
             domain = match[1].rstrip(".")
             if domain.startswith("["):

@@ -20,7 +20,7 @@ _CLASSIFY = len(b"authentication-results") + 64  # octets that always show wheth
 _TOKEN = re.compile(r"[^\x00-\x20()<>@,;:\\\"/\[\]?=\x7f]+")
 # §2.2 pvalue: also "[ [ local-part ] "@" ] domain-name" as it is.
 _ADDRESS = re.compile(r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]*@)?[A-Za-z0-9.-]+")
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+QUOTED_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 
 
@@ -58,16 +58,25 @@ def header_field(authserv_id: str, results: Sequence[MethodResult]) -> bytes:
     return text.encode("utf-8")
 
 
+def without_comments(text: str) -> str:
+    """``text`` with its RFC 5322 §3.2.2 comments (which may nest) replaced by spaces."""
+    previous = None
+    while previous != text:
+        previous, text = text, _COMMENT.sub(" ", text)
+    return text
+
+
+def without_quoted_strings(text: str) -> str:
+    """``text`` with its RFC 5322 §3.2.4 quoted strings replaced by spaces."""
+    return QUOTED_STRING.sub(" ", text)
+
+
 def authserv_id_of(value: bytes) -> str:
     """The authserv-id of a field value (§2.2): the first word, comments and folding aside,
     unquoted if it is a quoted string (a reader unquotes it too)."""
-    text = value.decode("utf-8", "replace").replace("\r\n", "")
-    previous = None
-    while previous != text:  # comments may nest
-        previous, text = text, _COMMENT.sub(" ", text)
-    text = text.strip()
+    text = without_comments(value.decode("utf-8", "replace").replace("\r\n", "")).strip()
     if text.startswith('"'):
-        quoted = _QUOTED.match(text)
+        quoted = QUOTED_STRING.match(text)
         if quoted is not None:
             return re.sub(r"\\(.)", r"\1", quoted[1]).strip().lower()
     return text.split(";", 1)[0].split(None, 1)[0].lower() if text else ""

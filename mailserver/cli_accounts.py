@@ -11,7 +11,7 @@ import getpass
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import idna
@@ -19,6 +19,7 @@ import idna
 from mailserver.address import AddressError, normalize
 from mailserver.cli import CommandError
 from mailserver.cli_config import load_config_for
+from mailserver.config import Config
 from mailserver.maildir import maildir_path
 from mailserver.userdb import AccountError, SQLiteAccounts, database_path
 
@@ -104,10 +105,14 @@ def _register_domains(subparsers: argparse._SubParsersAction[Any]) -> None:
 # --- Opening the database and reporting refusals ------------------------------------------
 
 
+def _accounts(args: argparse.Namespace) -> AbstractContextManager[SQLiteAccounts]:
+    """The user database of the configuration the command line names."""
+    return open_accounts(load_config_for(args))
+
+
 @contextmanager
-def _accounts(args: argparse.Namespace) -> Iterator[SQLiteAccounts]:
+def open_accounts(config: Config) -> Iterator[SQLiteAccounts]:
     """The user database of the configured data directory; refusals become CommandErrors."""
-    config = load_config_for(args)
     data_dir = config.server.data_dir
     path = database_path(data_dir)
     try:

@@ -10,7 +10,6 @@ checked and does not count as wrong (exit status 3 when nothing else is wrong).
 from __future__ import annotations
 
 import argparse
-import sqlite3
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -19,13 +18,14 @@ from twisted.python.failure import Failure
 
 from mailserver.address import AddressError, normalize_domain, parse_domain
 from mailserver.cli import CommandError
+from mailserver.cli_accounts import open_accounts
 from mailserver.cli_config import load_config_for
 from mailserver.config import Config
 from mailserver.dkimkeys import KeyFileError
 from mailserver.dnscheck import Finding, Lookups, Status, check_domain
 from mailserver.dnsquery import DNSQuery, make_resolver
 from mailserver.dnsrecords import DomainRecords, plan, render
-from mailserver.userdb import AccountError, SQLiteAccounts, database_path
+from mailserver.userdb import database_path
 
 __all__ = ["exit_status", "known_domains", "records_for", "register", "report"]
 
@@ -67,22 +67,10 @@ def _domain_argument(parser: argparse.ArgumentParser) -> None:
 
 def _account_domains(config: Config) -> list[str]:
     """The domains of the user database, without creating the database if there is none."""
-    data_dir = config.server.data_dir
-    path = database_path(data_dir)
-    if not path.exists():
+    if not database_path(config.server.data_dir).exists():
         return []
-    try:
-        accounts = SQLiteAccounts(path, config.accounts.recipient_delimiter, data_dir=data_dir)
-        try:
-            return accounts.list_domains()
-        finally:
-            accounts.close()
-    except AccountError as error:
-        raise CommandError(str(error)) from None
-    except sqlite3.Error as error:
-        raise CommandError(f"{path}: {error}") from None
-    except OSError as error:
-        raise CommandError(f"{error.filename or path}: {error.strerror or error}") from None
+    with open_accounts(config) as accounts:
+        return accounts.list_domains()
 
 
 def known_domains(config: Config) -> list[str]:

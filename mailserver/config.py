@@ -28,6 +28,7 @@ from twisted.internet.endpoints import serverFromString
 from mailserver.address import AddressError, normalize
 from mailserver.dkimkeys import KeyFileError, load_key
 from mailserver.listeners import ListenerError, split_tls_listener
+from mailserver.tcp import is_ip_address
 from mailserver.tls import TLSFileError, TLSFiles, load_context
 
 __all__ = [
@@ -312,22 +313,14 @@ def _resolvers(value: object) -> tuple[HostPort, ...]:
         raise _expected('a DNS server like "127.0.0.1:53", or a list of them', value)
     servers = []
     for item in items:
-        if isinstance(item, str) and _is_ip(item):
+        if isinstance(item, str) and is_ip_address(item):
             servers.append(HostPort(str(ipaddress.ip_address(item)), 53))
             continue
         server = _host_port(item)
-        if not _is_ip(server.host):
+        if not is_ip_address(server.host):
             raise _expected("a DNS server's IP address, with its port if not 53", item)
         servers.append(server)
     return tuple(servers)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _domains(value: object) -> tuple[str, ...]:

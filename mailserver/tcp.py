@@ -45,3 +45,12 @@ def plaintext_allowed(policy: str, peer: object) -> bool:
     if policy == "loopback":
         return is_loopback(peer)
     return False
+
+
+def is_ip_address(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

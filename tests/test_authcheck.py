@@ -12,7 +12,8 @@ from twisted.names import dns
 
 from mailserver.authcheck import SPF_TIME_LIMIT, CheckPolicy, InboundCheck, Verdict
 from mailserver.smtp import replies
-from tests.test_smtp_checks import SENDER_ZONE, FakeDNS, txt
+from tests.fake_dns import FakeDNS, txt
+from tests.test_smtp_checks import SENDER_ZONE
 
 Zone = Mapping[tuple[int, str], Sequence[Any] | Exception]
 
@@ -24,11 +25,11 @@ class SlowDNS(FakeDNS):
         super().__init__(zone)
         self.slow = slow
 
-    async def records_of(self, kind: int, name: str) -> list[Any]:
+    async def records(self, kind: int, name: str) -> list[Any]:
         if name == self.slow:
             never: Deferred[list[Any]] = Deferred()
             return await never
-        return await super().records_of(kind, name)
+        return await super().records(kind, name)
 
 
 def check(

@@ -9,28 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dns.zone
-import pytest
 
-from mailserver.cli import main
 from mailserver.cli_dkim import default_selector
 from mailserver.config import load_config
 from mailserver.dkimkeys import load_key
 
 Run = Callable[..., tuple[int, str, str]]
 YEAR = datetime.now(UTC).year
-
-
-@pytest.fixture
-def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
-    """Run ``mailserver ARGS...`` in ``tmp_path``; returns (status, out, err)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        status = main(list(args))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
 
 
 def key_table(out: str) -> dict[str, str]:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from mailserver.cli import main
 from mailserver.config import Config, load_config
 from mailserver.dkimkeys import load_key
 from mailserver.dnsrecords import plan, render
@@ -33,19 +32,6 @@ Run = Callable[..., tuple[int, str, str]]
 def cheap_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The command hashes with library defaults (tested in test_passwords); here, cheaply."""
     monkeypatch.setattr("mailserver.passwords.PasswordHasher", lambda: CHEAP_HASHER)
-
-
-@pytest.fixture
-def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
-    """Run ``mailserver ARGS...`` in ``tmp_path``; returns (status, out, err)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        status = main(list(args))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
 
 
 def password_in(out: str) -> str:

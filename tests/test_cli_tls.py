@@ -11,23 +11,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from mailserver.cli import main
 from mailserver.tls import TLSFiles, load_context
 
 Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
-    """Run ``mailserver ARGS...`` in ``tmp_path``; returns (status, out, err)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        status = main(list(args))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
 
 
 def tls_section(out: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ import pytest
 from dkim.canonicalization import Relaxed, Simple
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 
 from mailserver.dkim import (
@@ -30,6 +30,7 @@ from mailserver.dkim import (
 )
 from mailserver.dkimkeys import SigningKey, generate, parse_key
 from mailserver.dnsquery import LookupFailed
+from tests.fake_dns import FakeTexts
 
 RSA = parse_key(generate("rsa"))
 ED25519 = parse_key(generate("ed25519"))
@@ -217,23 +218,7 @@ def test_message_without_body_is_signed() -> None:
     assert dkim.verify(fields + message, dnsfunc=lambda name, timeout=5: records[name])
 
 
-class FakeKeys:
-    """Key records by name; a name mapped to an exception fails with it."""
-
-    def __init__(self, records: dict[str, list[bytes] | Exception]) -> None:
-        self.records = records
-        self.asked: list[str] = []
-
-    async def texts(self, name: str) -> list[bytes]:
-        self.asked.append(name)
-        found = self.records.get(name, [])
-        result: Deferred[list[bytes]] = (
-            fail(found) if isinstance(found, Exception) else succeed(found)
-        )
-        return await result
-
-
-def verify(message: bytes, keys: FakeKeys, cuts: Sequence[int] = ()) -> list[DKIMResult]:
+def verify(message: bytes, keys: FakeTexts, cuts: Sequence[int] = ()) -> list[DKIMResult]:
     verifier = Verifier(keys, MemoryReactorClock())
     for piece in chunked(message, cuts):
         verifier.feed(piece)
@@ -276,7 +261,7 @@ def dkimpy_signed(key: SigningKey, message: bytes = MESSAGE, **options: object) 
 def test_verifies_what_dkimpy_signed(key: SigningKey, canonicalize: tuple[bytes, bytes]) -> None:
     """Signatures made by dkimpy pass, in every canonicalisation, fed in pieces."""
     message = dkimpy_signed(key, canonicalize=canonicalize)
-    keys = FakeKeys({"sel._domainkey.example.net": [key.dns_record().encode()]})
+    keys = FakeTexts({"sel._domainkey.example.net": [key.dns_record().encode()]})
     results = verify(message, keys, cuts=[10, 200, 300, 301, 302])
     assert [(r.result, r.domain, r.selector) for r in results] == [("pass", "example.net", "sel")]
     assert keys.asked == ["sel._domainkey.example.net"]
@@ -285,14 +270,14 @@ def test_verifies_what_dkimpy_signed(key: SigningKey, canonicalize: tuple[bytes,
 def test_body_change_fails() -> None:
     """A changed body fails on its body hash."""
     message = dkimpy_signed(RSA).replace(b"Hello  Bob", b"Hello Eve")
-    keys = FakeKeys({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
+    keys = FakeTexts({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
     assert [(r.result, r.reason) for r in verify(message, keys)] == [("fail", "body hash mismatch")]
 
 
 def test_header_change_fails() -> None:
     """A changed signed header field fails the signature."""
     message = dkimpy_signed(RSA).replace(b"Subject: Hello", b"Subject: Pay now")
-    keys = FakeKeys({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
+    keys = FakeTexts({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
     assert [(r.result, r.reason) for r in verify(message, keys)] == [
         ("fail", "signature does not verify")
     ]
@@ -301,15 +286,15 @@ def test_header_change_fails() -> None:
 def test_length_tag_allows_appended_text() -> None:
     """With l=, text appended after the signed length still passes (RFC 6376 §3.5)."""
     message = dkimpy_signed(RSA, length=True) + b"appended by a list\r\n"
-    keys = FakeKeys({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
+    keys = FakeTexts({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
     assert [r.result for r in verify(message, keys)] == ["pass"]
 
 
 def test_missing_key_is_permerror_and_dns_failure_temperror() -> None:
     """No key record is a permanent error; a failed look-up a temporary one."""
     message = dkimpy_signed(RSA)
-    assert [r.result for r in verify(message, FakeKeys({}))] == ["permerror"]
-    failing = FakeKeys({"sel._domainkey.example.net": LookupFailed("SERVFAIL")})
+    assert [r.result for r in verify(message, FakeTexts({}))] == ["permerror"]
+    failing = FakeTexts({"sel._domainkey.example.net": LookupFailed("SERVFAIL")})
     assert [(r.result, r.reason) for r in verify(message, failing)] == [
         ("temperror", "key look-up failed: SERVFAIL")
     ]
@@ -318,14 +303,14 @@ def test_missing_key_is_permerror_and_dns_failure_temperror() -> None:
 def test_wrong_key_fails() -> None:
     """A published key that is not the signer's fails the signature."""
     other = parse_key(generate("rsa"))
-    keys = FakeKeys({"sel._domainkey.example.net": [other.dns_record().encode()]})
+    keys = FakeTexts({"sel._domainkey.example.net": [other.dns_record().encode()]})
     assert [r.result for r in verify(dkimpy_signed(RSA), keys)] == ["fail"]
 
 
 def test_rsa_sha1_is_not_accepted() -> None:
     """RFC 8301 §3.1: rsa-sha1 signatures are never valid."""
     message = dkimpy_signed(RSA).replace(b"a=rsa-sha256", b"a=rsa-sha1")
-    keys = FakeKeys({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
+    keys = FakeTexts({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
     assert [(r.result, r.reason) for r in verify(message, keys)] == [
         ("neutral", "rsa-sha1 signatures are not accepted")
     ]
@@ -335,12 +320,12 @@ def test_rsa_sha1_is_not_accepted() -> None:
 def test_broken_signature_field_is_neutral() -> None:
     """A signature field without its required tags cannot be processed: neutral."""
     message = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.net\r\n" + MESSAGE
-    assert [r.result for r in verify(message, FakeKeys({}))] == ["neutral"]
+    assert [r.result for r in verify(message, FakeTexts({}))] == ["neutral"]
 
 
 def test_unsigned_message_has_no_results() -> None:
     """No signature, no result and no look-up."""
-    keys = FakeKeys({})
+    keys = FakeTexts({})
     assert verify(MESSAGE, keys) == []
     assert keys.asked == []
 
@@ -348,7 +333,7 @@ def test_unsigned_message_has_no_results() -> None:
 def test_header_prefix_tells_signatures_apart() -> None:
     """Each result carries the first eight characters of its b= value (RFC 6008)."""
     message = dkimpy_signed(RSA)
-    keys = FakeKeys({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
+    keys = FakeTexts({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
     (result,) = verify(message, keys)
     unfolded = message.replace(b"\r\n ", b"").replace(b"\r\n\t", b"")
     found = re.search(rb"[;\s]b=([A-Za-z0-9+/]{8})", unfolded)
@@ -361,7 +346,7 @@ def test_oversized_header_section_is_not_checked() -> None:
     message = dkimpy_signed(RSA)
     huge = b"X-Filler: " + b"a" * 100 + b"\r\n"
     padding = huge * (MAX_HEADER // len(huge) + 1)
-    keys = FakeKeys({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
+    keys = FakeTexts({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
     assert verify(padding + message, keys) == []
 
 
@@ -377,7 +362,7 @@ def test_hostile_signature_fields_never_raise() -> None:
         base.replace(b"d=example.net", b"d=" + b"x" * 70 + b".example", 1),
         b" folded first line\r\n" + base,
     ]
-    keys = FakeKeys({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
+    keys = FakeTexts({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
     for message in cases:
         results = verify(message, keys)
         assert all(result.result in ("neutral", "fail", "permerror") for result in results)
@@ -387,10 +372,10 @@ def test_signature_without_from_is_ignored() -> None:
     """RFC 6376 §6.1.1: a signature whose h= leaves From out cannot vouch for it."""
     unsigned_from = b"Subject: hello\r\n\r\nbody\r\n"
     signature = dkim.sign(
-        unsigned_from, b"sel", b"example.net", _pkcs1(RSA), include_headers=[b"subject", b"from"]
+        unsigned_from, b"sel", b"example.net", pkcs1_pem(RSA), include_headers=[b"subject", b"from"]
     )
     signature = signature.replace(b"h=subject : from", b"h=subject")
-    keys = FakeKeys({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
+    keys = FakeTexts({"sel._domainkey.example.net": [RSA.dns_record().encode()]})
     forged = signature + b"From: CEO <ceo@example.net>\r\n" + unsigned_from
     assert [(r.result, r.reason) for r in verify(forged, keys)] == [
         ("neutral", "From is not signed")
@@ -407,7 +392,7 @@ def test_oversized_rsa_key_is_refused_unread() -> None:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-    keys = FakeKeys({"sel._domainkey.example.net": [record]})
+    keys = FakeTexts({"sel._domainkey.example.net": [record]})
     (result,) = verify(dkimpy_signed(RSA), keys)
     assert (result.result, result.reason) == ("permerror", "RSA key of 4160 bits is too large")
 
@@ -416,7 +401,7 @@ def test_two_signatures_share_one_failed_key_lookup() -> None:
     """Two signatures under one key name both see the failed look-up as temperror."""
     once = dkimpy_signed(RSA)
     twice = once[: once.index(b"From:")] + once
-    failing = FakeKeys({"sel._domainkey.example.net": LookupFailed("SERVFAIL")})
+    failing = FakeTexts({"sel._domainkey.example.net": LookupFailed("SERVFAIL")})
     assert [r.result for r in verify(twice, failing)] == ["temperror", "temperror"]
     assert failing.asked == ["sel._domainkey.example.net"]
 
@@ -439,7 +424,8 @@ def test_cancelled_lookups_leave_no_unhandled_errors() -> None:
     assert pending.called
 
 
-def _pkcs1(key: SigningKey) -> bytes:
+def pkcs1_pem(key: SigningKey) -> bytes:
+    """The key in the PKCS#1 PEM form dkimpy signs with."""
     from cryptography.hazmat.primitives import serialization
 
     pem: bytes = key.private_key.private_bytes(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 
 from mailserver.dmarc import (
     Authenticated,
@@ -19,20 +19,7 @@ from mailserver.dmarc import (
     parse_record,
 )
 from mailserver.dnsquery import LookupFailed
-
-
-class FakeTexts:
-    def __init__(self, records: Mapping[str, list[bytes] | Exception]) -> None:
-        self.records = records
-        self.asked: list[str] = []
-
-    async def texts(self, name: str) -> list[bytes]:
-        self.asked.append(name)
-        found = self.records.get(name, [])
-        result: Deferred[list[bytes]] = (
-            fail(found) if isinstance(found, Exception) else succeed(found)
-        )
-        return await result
+from tests.fake_dns import FakeTexts
 
 
 def run(

@@ -18,6 +18,7 @@ from mailserver.dkimkeys import generate, parse_key
 from mailserver.dnscheck import Finding, Status, check_domain
 from mailserver.dnsquery import LookupFailed, NoSuchName
 from mailserver.dnsrecords import DomainRecords, plan
+from tests.fake_dns import TextsFromRecords
 
 DOMAIN = "example.org"
 HOST = "mail.example.org"
@@ -38,7 +39,7 @@ def reverse(address: str) -> str:
     return ipaddress.ip_address(address).reverse_pointer
 
 
-class FakeDNS:
+class FakeDNS(TextsFromRecords):
     """Answers from ``zone`` (name -> twisted.names payloads): NXDOMAIN for names it does not
     hold, LookupFailed("timeout") for the names in ``failing``."""
 
@@ -52,13 +53,6 @@ class FakeDNS:
         if name not in self.zone:
             raise NoSuchName(name)
         return [record for record in self.zone[name] if kind == record.TYPE]
-
-    async def texts(self, name: str) -> list[bytes]:
-        try:
-            records = await self.records(dns.TXT, name)
-        except NoSuchName:
-            return []
-        return [b"".join(record.data) for record in records]
 
 
 def healthy() -> dict[str, list[Any]]:

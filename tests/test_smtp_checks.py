@@ -10,20 +10,21 @@ from dataclasses import replace
 from typing import Any
 
 import dkim
-from cryptography.hazmat.primitives import serialization
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.names import dns
 
 from mailserver.authcheck import CheckPolicy, InboundChecks
 from mailserver.authlimit import LoginThrottle
 from mailserver.dkim import SigningIdentity, SigningTable
 from mailserver.dkimkeys import generate, parse_key
-from mailserver.dnsquery import LookupFailed, NoSuchName
+from mailserver.dnsquery import LookupFailed
 from mailserver.logins import LoginChecker
 from mailserver.smtp import replies
 from mailserver.smtp.server import SMTPServerFactory
 from mailserver.spool import Spool
+from tests.fake_dns import FakeDNS, txt
+from tests.test_dkim import pkcs1_pem
 from tests.test_smtp_server import (
     ALICE,
     EHLO,
@@ -31,7 +32,6 @@ from tests.test_smtp_server import (
     PEER,
     POLICY,
     SUBMISSION,
-    TIMEOUTS,
     Client,
     ServerTestCase,
     codes,
@@ -41,36 +41,6 @@ from tests.test_smtp_server import (
 
 KEY = parse_key(generate("rsa"))
 OURS = "mx.ours.example"
-
-
-class FakeDNS:
-    """Records by (type, name); a value that is an exception is raised instead."""
-
-    def __init__(self, records: Mapping[tuple[int, str], Sequence[Any] | Exception]) -> None:
-        self.zone = dict(records)
-
-    async def records_of(self, kind: int, name: str) -> list[Any]:
-        found = self.zone.get((kind, name.lower()))
-        if found is None:
-            raise NoSuchName(name)
-        result: Deferred[list[Any]] = (
-            fail(found) if isinstance(found, Exception) else succeed(list(found))
-        )
-        return await result
-
-    async def records(self, kind: int, name: str) -> list[Any]:
-        return await self.records_of(kind, name)
-
-    async def texts(self, name: str) -> list[bytes]:
-        try:
-            found = await self.records_of(dns.TXT, name)
-        except NoSuchName:
-            return []
-        return [b"".join(record.data) for record in found]
-
-
-def txt(*texts: str) -> list[dns.Record_TXT]:
-    return [dns.Record_TXT(text.encode()) for text in texts]
 
 
 SENDER_ZONE: dict[tuple[int, str], Sequence[Any] | Exception] = {
@@ -85,19 +55,22 @@ MAIL_FROM_CLIENT = b"MAIL FROM:<alice@client.example>\r\nRCPT TO:<bob@ours.examp
 
 
 class ChecksTestCase(ServerTestCase):
+    def checked_factory(self, dns_fake: FakeDNS, **policy: bool) -> SMTPServerFactory:
+        """A factory whose checks ask ``dns_fake``, with the policy's switches."""
+        checks = InboundChecks(
+            dns_fake,  # type: ignore[arg-type]
+            CheckPolicy(authserv_id=OURS, **policy),
+            self.clock,
+        )
+        return self.factory(checks=checks)
+
     def logged_in(
         self, policy: Any, checks: InboundChecks | None = None, signing: SigningTable | None = None
     ) -> Client:
         """A client logged in as alice on a listener offering AUTH."""
         self.users.add_user(ALICE, PASSWORD)
-        factory = SMTPServerFactory(
-            policy=policy,
-            timeouts=TIMEOUTS,
-            users=self.users,
-            store=self.store,
-            spool_directory=self.spool_directory,
-            limiter=self.limiter,
-            reactor=self.clock,
+        factory = self.factory(
+            policy,
             logins=LoginChecker(self.users, LoginThrottle(self.clock), self.clock),
             plaintext_auth="always",
             checks=checks,
@@ -115,17 +88,6 @@ class ChecksTestCase(ServerTestCase):
 
 
 class InboundCheckTests(ChecksTestCase):
-    def checked_factory(
-        self, zone: Mapping[tuple[int, str], Sequence[Any] | Exception], **policy: bool
-    ) -> SMTPServerFactory:
-        factory = self.factory()
-        checks = InboundChecks(
-            FakeDNS(zone),  # type: ignore[arg-type]
-            CheckPolicy(authserv_id=OURS, **policy),
-            self.clock,
-        )
-        return replace_checks(factory, checks)
-
     def send(
         self,
         content: bytes,
@@ -133,7 +95,7 @@ class InboundCheckTests(ChecksTestCase):
         envelope: bytes = MAIL_FROM_CLIENT,
         **policy: bool,
     ) -> list[tuple[int, str | None, str]]:
-        client = Client(self.checked_factory(zone, **policy), PEER)
+        client = Client(self.checked_factory(FakeDNS(zone), **policy), PEER)
         client.take()
         client.send(EHLO + envelope + b"DATA\r\n" + message(content))
         return client.replies()[3:]
@@ -222,7 +184,7 @@ class InboundCheckTests(ChecksTestCase):
             FROM_BANK,
             b"sel",
             b"bank.example",
-            _pkcs1(KEY),
+            pkcs1_pem(KEY),
             canonicalize=(b"relaxed", b"relaxed"),
         )
         zone = dict(SENDER_ZONE)
@@ -280,20 +242,6 @@ class SigningTests(ChecksTestCase):
         self.assertEqual(signer.signature_fields(now=0), b"")
 
 
-def replace_checks(factory: SMTPServerFactory, checks: InboundChecks) -> SMTPServerFactory:
-    factory.checks = checks
-    return factory
-
-
-def _pkcs1(key: Any) -> bytes:
-    pem: bytes = key.private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    return pem
-
-
 class HeldLookups(FakeDNS):
     """TXT look-ups of ``held`` wait for the test to answer them."""
 
@@ -302,21 +250,17 @@ class HeldLookups(FakeDNS):
         self.held = held
         self.waiting: list[Deferred[list[Any]]] = []
 
-    async def records_of(self, kind: int, name: str) -> list[Any]:
+    async def records(self, kind: int, name: str) -> list[Any]:
         if name == self.held:
             waiting: Deferred[list[Any]] = Deferred()
             self.waiting.append(waiting)
             return await waiting
-        return await super().records_of(kind, name)
+        return await super().records(kind, name)
 
 
 class CheckedDeliveryTests(ChecksTestCase):
     def client(self, dns_fake: FakeDNS) -> Client:
-        factory = replace_checks(
-            self.factory(),
-            InboundChecks(dns_fake, CheckPolicy(authserv_id=OURS), self.clock),  # type: ignore[arg-type]
-        )
-        client = Client(factory, PEER)
+        client = Client(self.checked_factory(dns_fake), PEER)
         client.take()
         return client
 
@@ -352,11 +296,7 @@ class CheckedDeliveryTests(ChecksTestCase):
 
     def test_client_without_ip_address_is_not_checked(self) -> None:
         """A client on a UNIX socket has no address for SPF: its mail is taken unchecked."""
-        factory = replace_checks(
-            self.factory(),
-            InboundChecks(FakeDNS({}), CheckPolicy(authserv_id=OURS), self.clock),  # type: ignore[arg-type]
-        )
-        client = Client(factory, UNIXAddress(b"/run/mail.sock"))  # type: ignore[arg-type]
+        client = Client(self.checked_factory(FakeDNS({})), UNIXAddress(b"/run/mail.sock"))  # type: ignore[arg-type]
         client.take()
         client.send(EHLO + MAIL_FROM_CLIENT + b"DATA\r\n" + message(FROM_CLIENT))
         self.assertEqual(client.codes()[-1:], codes(replies.MESSAGE_ACCEPTED))

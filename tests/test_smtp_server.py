@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import replace
 from email.utils import formatdate
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -209,7 +209,9 @@ class ServerTestCase(SynchronousTestCase):
         if "mail_event" in event:
             self.events.append(event)
 
-    def factory(self, policy: SessionPolicy = POLICY) -> SMTPServerFactory:
+    def factory(self, policy: SessionPolicy = POLICY, **options: Any) -> SMTPServerFactory:
+        """A factory over this test's stores, limits and clock; ``options`` are the
+        factory's optional arguments (TLS, logins, checks, signing)."""
         return SMTPServerFactory(
             policy=policy,
             timeouts=TIMEOUTS,
@@ -218,6 +220,7 @@ class ServerTestCase(SynchronousTestCase):
             spool_directory=self.spool_directory,
             limiter=self.limiter,
             reactor=self.clock,
+            **options,
         )
 
     def connect(

@@ -24,6 +24,7 @@ from mailserver.spf import (
     SPFVerdict,
     check_spf,
 )
+from tests.fake_dns import TextsFromRecords
 
 PASS = SPFResult.PASS
 FAIL = SPFResult.FAIL
@@ -36,7 +37,7 @@ PERMERROR = SPFResult.PERMERROR
 # --- an in-memory DNSQuery ----------------------------------------------------------------------
 
 
-class FakeDNS:
+class FakeDNS(TextsFromRecords):
     """Stand-in for DNSQuery: answers ``records`` and ``texts`` from a table at once, every
     query recorded. A name with no entry at all is NXDOMAIN (NoSuchName); a known name without
     records of the asked type answers nothing; a failure set for a name and type is raised, as
@@ -102,14 +103,6 @@ class FakeDNS:
         if name not in self.names:
             raise NoSuchName(name)
         return list(self.answers.get((name, kind), []))
-
-    async def texts(self, name: str) -> list[bytes]:
-        """As DNSQuery.texts: each record's strings joined, none for NXDOMAIN."""
-        try:
-            records = await self.records(dns.TXT, name)
-        except NoSuchName:
-            return []
-        return [b"".join(record.data) for record in records]
 
 
 def fired(deferred: Deferred[SPFVerdict]) -> SPFVerdict:

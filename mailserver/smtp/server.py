@@ -11,7 +11,6 @@ looks up whether addresses belong to the authenticated user, all as the session 
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ from mailserver.smtp.session import (
     refusal,
 )
 from mailserver.spool import Spool
-from mailserver.tcp import PLAINTEXT_POLICIES, plaintext_allowed
+from mailserver.tcp import PLAINTEXT_POLICIES, is_ip_address, plaintext_allowed
 from mailserver.tls import describe_connection
 
 if TYPE_CHECKING:  # built by the composition root only when configured
@@ -184,15 +183,6 @@ class _Content:
         except OSError as error:
             self.write_error = error
             self.spool.discard()
-
-
-def _is_ip(text: str) -> bool:
-    """Whether the client has an IP address (a UNIX socket client has none for SPF)."""
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _discard(data: bytes) -> None:
@@ -513,7 +503,8 @@ class SMTPServerProtocol(LineServerProtocol):
         if action.authenticated:
             if signing is not None:
                 signer = signing.signer()
-        elif checks is not None and transaction is not None and _is_ip(self._client):
+        elif checks is not None and transaction is not None and is_ip_address(self._client):
+            # A UNIX socket client has no address for SPF to judge.
             check = checks.start(
                 self._client, self._session.helo or "", str(transaction.sender or "")
             )
