@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.names import dns
 
 from mailserver.dnsquery import LookupFailed, NoSuchName, name_text
-from mailserver.dnsrecords import DomainRecords, PublishedKey
+from mailserver.dnsrecords import DomainRecords, PublishedKey, Record
 
 __all__ = ["Finding", "Lookups", "Status", "check_domain"]
 
@@ -113,11 +113,12 @@ def _address_text(record: Any) -> str:
 async def check_domain(lookups: Lookups, expected: DomainRecords) -> list[Finding]:
     """Every finding for one domain, in the order of the records in ``expected``."""
     domain, hostname = expected.domain, expected.hostname
-    mx, v4, v6, spf, dmarc, *dkim = await _gather(
+    mx, v4, v6, spf, helo_spf, dmarc, *dkim = await _gather(
         _ask(lookups, dns.MX, domain),
         _ask(lookups, dns.A, hostname),
         _ask(lookups, dns.AAAA, hostname),
         _texts(lookups, domain),
+        _texts(lookups, hostname),
         _texts(lookups, expected.dmarc.name),
         *(_texts(lookups, published.record.name) for published in expected.dkim),
     )
@@ -125,7 +126,8 @@ async def check_domain(lookups: Lookups, expected: DomainRecords) -> list[Findin
     findings = _check_mx(expected, mx)
     findings += _check_addresses(hostname, v4, v6, addresses)
     findings += await _check_reverse(lookups, hostname, addresses)
-    findings += await _check_spf(lookups, expected, spf, addresses)
+    findings += await _check_spf(lookups, expected.spf, hostname, spf, addresses)
+    findings += await _check_spf(lookups, expected.helo_spf, hostname, helo_spf, addresses)
     for published, answer in zip(expected.dkim, dkim, strict=True):
         findings += _check_dkim(published, answer)
     if not expected.dkim:
@@ -420,9 +422,11 @@ class _StaticSPF:
 
 
 async def _check_spf(
-    lookups: Lookups, expected: DomainRecords, answer: _Answer, addresses: Sequence[str]
+    lookups: Lookups, expected: Record, hostname: str, answer: _Answer, addresses: Sequence[str]
 ) -> list[Finding]:
-    domain, hostname = expected.domain, expected.hostname
+    """The SPF record at ``expected.name`` (the domain, or the server's own name) exists once
+    and lets ``hostname`` send."""
+    domain = expected.name
     if answer.failure:
         return [_unchecked("SPF", answer.failure)]
     records = _spf_records(answer.items)
@@ -430,7 +434,7 @@ async def _check_spf(
         return [
             Finding(
                 Status.MISSING,
-                f'SPF: {domain} has no SPF record; publish TXT "{expected.spf.value}"',
+                f'SPF: {domain} has no SPF record; publish TXT "{expected.value}"',
             )
         ]
     if len(records) > 1:

@@ -88,6 +88,7 @@ class DomainRecords:
     mx: Record
     addresses: tuple[Record, ...]
     spf: Record
+    helo_spf: Record  # for the server's own name, which bounces are checked against
     dkim: tuple[PublishedKey, ...]
     dmarc: Record
     advice: tuple[str, ...]  # what no record of the zone can say, one comment line each
@@ -97,6 +98,7 @@ class DomainRecords:
             self.mx,
             *self.addresses,
             self.spf,
+            self.helo_spf,
             *(published.record for published in self.dkim),
             self.dmarc,
         )
@@ -155,6 +157,13 @@ def plan(config: Config, domain: str) -> DomainRecords:
         "v=spf1 mx -all",
         f"SPF: only {domain}'s MX host ({hostname}) sends its mail",
     )
+    helo_spf = Record(
+        hostname,
+        "TXT",
+        "v=spf1 a -all",
+        f"SPF for {hostname} itself{where}: bounces and delivery notices leave with an empty "
+        "envelope sender and are checked against it (RFC 7208 section 2.3)",
+    )
     dkim = tuple(
         _published(config, key, load_key(key.private_key))
         for key in config.dkim.keys
@@ -182,7 +191,7 @@ def plan(config: Config, domain: str) -> DomainRecords:
         advice += [
             f"{domain} has no DKIM key: make one with: mailserver dkim keygen {domain}",
         ]
-    return DomainRecords(domain, hostname, mx, addresses, spf, dkim, dmarc, tuple(advice))
+    return DomainRecords(domain, hostname, mx, addresses, spf, helo_spf, dkim, dmarc, tuple(advice))
 
 
 def _published(config: Config, key: DKIMKey, signing: SigningKey) -> PublishedKey:

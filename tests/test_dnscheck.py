@@ -59,7 +59,7 @@ def healthy() -> dict[str, list[Any]]:
     """Everything as dnsrecords says it should be."""
     return {
         DOMAIN: [dns.Record_MX(10, HOST.encode()), txt("v=spf1 mx -all")],
-        HOST: [dns.Record_A(V4), dns.Record_AAAA(V6)],
+        HOST: [dns.Record_A(V4), dns.Record_AAAA(V6), txt("v=spf1 a -all")],
         reverse(V4): [dns.Record_PTR(HOST.encode())],
         reverse(V6): [dns.Record_PTR(HOST.encode())],
         DKIM_NAME: [txt(KEY.dns_record())],
@@ -98,6 +98,9 @@ def check(
     return run(check_domain(FakeDNS(zone, failing), expected))
 
 
+HELO_SPF_OK = (Status.OK, f'SPF: "v=spf1 a -all" allows {HOST} (a)')
+
+
 def about(findings: list[Finding], prefix: str) -> list[tuple[Status, str]]:
     return [(f.status, f.text) for f in findings if f.text.startswith(prefix)]
 
@@ -113,13 +116,14 @@ def test_everything_right(expected: DomainRecords) -> None:
     """A zone as dnsrecords prints it (plus addresses and PTRs) gives only "ok" lines, one per
     record, in the order of the records."""
     findings = check(expected, healthy())
-    assert [f.status for f in findings] == [Status.OK] * 7
+    assert [f.status for f in findings] == [Status.OK] * 8
     assert [f.text for f in findings] == [
         "MX: example.org -> mail.example.org (preference 10)",
         f"MX host mail.example.org has the addresses {V4}, {V6}",
         f"reverse DNS: {V4} -> {HOST} -> {V4}",
         f"reverse DNS: {V6} -> {HOST} -> {V6}",
         'SPF: "v=spf1 mx -all" allows mail.example.org (mx)',
+        'SPF: "v=spf1 a -all" allows mail.example.org (a)',
         f"DKIM {DKIM_NAME}: publishes the key in {KEY_FILE}",
         "DMARC: p=quarantine at _dmarc.example.org",
     ]
@@ -129,7 +133,10 @@ def test_timeouts_are_not_wrong(expected: DomainRecords) -> None:
     """A look-up that times out is "could not check (timeout)", never missing or wrong."""
     findings = check(expected, healthy(), failing=[DOMAIN, DKIM_NAME, f"_dmarc.{DOMAIN}"])
     assert about(findings, "MX:") == [(Status.UNCHECKED, "MX: could not check (timeout)")]
-    assert about(findings, "SPF") == [(Status.UNCHECKED, "SPF: could not check (timeout)")]
+    assert about(findings, "SPF") == [
+        (Status.UNCHECKED, "SPF: could not check (timeout)"),
+        HELO_SPF_OK,
+    ]
     assert about(findings, "DKIM") == [
         (Status.UNCHECKED, f"DKIM {DKIM_NAME}: could not check (timeout)")
     ]
@@ -144,7 +151,7 @@ def test_host_lookup_timeout(expected: DomainRecords) -> None:
     assert about(findings, "MX host") == [
         (Status.UNCHECKED, "MX host mail.example.org: could not check (timeout)")
     ]
-    assert statuses(findings, "SPF") == [Status.OK]
+    assert statuses(findings, "SPF") == [Status.OK, Status.UNCHECKED]
     assert not any(f.status.failing for f in findings)
 
 
@@ -208,7 +215,7 @@ def test_host_without_address(expected: DomainRecords) -> None:
             "MX host mail.example.org has no address record (A or AAAA); no server can reach it",
         )
     ]
-    assert statuses(findings, "SPF") == [Status.OK]
+    assert statuses(findings, "SPF") == [Status.OK, Status.MISSING]  # the host's own is gone
     assert about(findings, "reverse") == []
 
 
@@ -242,7 +249,22 @@ def spf(expected: DomainRecords, *records: str) -> list[tuple[Status, str]]:
     """The SPF findings with ``records`` as the domain's TXT records."""
     zone = healthy()
     zone[DOMAIN] = [zone[DOMAIN][0], *(txt(record) for record in records)]
-    return about(check(expected, zone), "SPF")
+    return [
+        finding
+        for finding in about(check(expected, zone), "SPF")
+        if finding != HELO_SPF_OK  # the server's own record, right in every zone here
+    ]
+
+
+def test_helo_spf_checked_like_the_domains(expected: DomainRecords) -> None:
+    """The server's own name needs an SPF record too (bounces are checked against it)."""
+    zone = healthy()
+    assert HELO_SPF_OK in about(check(expected, zone), "SPF")
+    zone[HOST] = zone[HOST][:2]
+    assert (
+        Status.MISSING,
+        f'SPF: {HOST} has no SPF record; publish TXT "v=spf1 a -all"',
+    ) in about(check(expected, zone), "SPF")
 
 
 def test_spf_missing(expected: DomainRecords) -> None:
@@ -286,7 +308,7 @@ def test_spf_mechanisms_that_pass(expected: DomainRecords) -> None:
     zone = healthy()
     zone[DOMAIN] = [zone[DOMAIN][0], txt("v=spf1 a/24 a//64 -all"), dns.Record_A("192.0.2.1")]
     zone[DOMAIN].append(dns.Record_AAAA("2001:db8::1"))
-    assert statuses(check(expected, zone), "SPF") == [Status.OK]
+    assert statuses(check(expected, zone), "SPF") == [Status.OK, Status.OK]
 
 
 def test_spf_include_and_redirect(expected: DomainRecords) -> None:
@@ -294,9 +316,9 @@ def test_spf_include_and_redirect(expected: DomainRecords) -> None:
     zone = healthy()
     zone["_spf.provider.example"] = [txt("v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all")]
     zone[DOMAIN] = [zone[DOMAIN][0], txt("v=spf1 include:_spf.provider.example -all")]
-    assert statuses(check(expected, zone), "SPF") == [Status.OK]
+    assert statuses(check(expected, zone), "SPF") == [Status.OK, Status.OK]
     zone[DOMAIN] = [zone[DOMAIN][0], txt("v=spf1 redirect=_spf.provider.example")]
-    assert statuses(check(expected, zone), "SPF") == [Status.OK]
+    assert statuses(check(expected, zone), "SPF") == [Status.OK, Status.OK]
 
 
 def test_spf_include_without_record(expected: DomainRecords) -> None:

@@ -107,6 +107,7 @@ def test_snippet_parses_as_a_zone(tmp_path: Path) -> None:
     assert parsed == {
         ("example.org.", "MX"): ["10 mail.example.org."],
         ("example.org.", "TXT"): ["v=spf1 mx -all"],
+        ("mail.example.org.", "TXT"): ["v=spf1 a -all"],
         ("rsa2026._domainkey.example.org.", "TXT"): [records.dkim[0].record.value],
         ("ed2026._domainkey.example.org.", "TXT"): [records.dkim[1].record.value],
         ("_dmarc.example.org.", "TXT"): [records.dmarc.value],

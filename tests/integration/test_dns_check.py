@@ -64,7 +64,7 @@ def zone(configured: RunningServer) -> Iterator[LoopbackDNS]:
     impostor = parse_key(generate("ed25519"))
     records: dict[str, list[Record]] = {
         "example.org": [MX(10, HOST), TXT("v=spf1 mx -all")],
-        HOST: [A(ADDRESS)],
+        HOST: [A(ADDRESS), TXT("v=spf1 a -all")],
         ipaddress.ip_address(ADDRESS).reverse_pointer: [PTR(HOST)],
         "rsa1._domainkey.example.org": [TXT(rsa.dns_record())],
         "ed1._domainkey.example.org": [TXT(impostor.dns_record())],
@@ -92,6 +92,7 @@ def test_explains_the_broken_key(configured: RunningServer, zone: LoopbackDNS) -
         f"  ok       MX host {HOST} has the address {ADDRESS}",
         f"  ok       reverse DNS: {ADDRESS} -> {HOST} -> {ADDRESS}",
         f'  ok       SPF: "v=spf1 mx -all" allows {HOST} (mx)',
+        f'  ok       SPF: "v=spf1 a -all" allows {HOST} (a)',
         "  ok       DKIM rsa1._domainkey.example.org: publishes the key in "
         "dkim/example.org.rsa1.pem",
         "  WRONG    DKIM ed1._domainkey.example.org: the published key is not the one in "
