@@ -30,7 +30,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IResolver
 from twisted.names import dns
 
-from mailserver.dnsquery import DNSQuery, LookupFailed, NoSuchName, name_text
+from mailserver.dnsquery import DNSQuery, LookupFailed, NoSuchName, RecordLookups, name_text
 from mailserver.interfaces import ReplyInfo
 
 MAX_MX_HOSTS = 10  # RFC 5321 §5.1 allows a limit: a hostile zone must not make us resolve hundreds
@@ -156,7 +156,7 @@ class Router:
 
     def __init__(
         self,
-        resolver: IResolver,
+        resolver: RecordLookups | IResolver,
         mx_port: int = 25,
         routes: Mapping[str, Route] = _NO_ROUTES,
         smarthost: Route | None = None,

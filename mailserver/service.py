@@ -39,10 +39,9 @@ from mailserver.tls import ServerTLS, TLSFiles
 from mailserver.userdb import AccountError, SQLiteUserDatabase, database_path
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IResolver
-
     from mailserver.authcheck import InboundChecks
     from mailserver.dkim import SigningTable
+    from mailserver.dnsquery import CachingResolver
 
 log = Logger()
 
@@ -230,11 +229,11 @@ def _smtp_receiving(
     return factory, pool, tls
 
 
-def _resolver(config: Config, reactor: Any) -> IResolver:
-    from mailserver.dnsquery import make_resolver
+def _resolver(config: Config, reactor: Any) -> CachingResolver:
+    from mailserver.dnsquery import CachingResolver, make_resolver
 
     servers = [(server.host, server.port) for server in config.dns.resolver]
-    return make_resolver(reactor, servers or None, config.dns.timeout)
+    return CachingResolver(make_resolver(reactor, servers or None, config.dns.timeout), reactor)
 
 
 def _inbound_checks(config: Config, reactor: Any) -> InboundChecks | None:

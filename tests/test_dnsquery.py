@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns
 from twisted.names.error import DNSServerError
 from twisted.python.failure import Failure
 
-from mailserver.dnsquery import DNSQuery, LookupFailed, NoSuchName
+from mailserver.dnsquery import NEGATIVE_TTL, CachingResolver, DNSQuery, LookupFailed, NoSuchName
 from tests.test_routing import FakeResolver
 
 
@@ -71,3 +72,54 @@ def test_names_that_cannot_be_in_dns_are_not_asked(name: str) -> None:
     with pytest.raises(NoSuchName):
         result_of(DNSQuery(resolver).records(dns.TXT, name))
     assert resolver.queries == []
+
+
+class CountingResolver(TextResolver):
+    """Answers TXT for example.org with a TTL of 300 s, and counts the questions."""
+
+    def __init__(self, ttl: int = 300) -> None:
+        super().__init__()
+        self.ttl = ttl
+        self.names.add("example.org")
+        self.answers[("example.org", dns.TXT)] = [
+            dns.RRHeader(b"example.org", dns.TXT, ttl=ttl, payload=dns.Record_TXT(b"v=spf1 -all"))
+        ]
+
+
+def test_answers_are_kept_for_their_ttl() -> None:
+    """A second question within the TTL is answered from memory; after it, DNS is asked."""
+    clock = MemoryReactorClock()
+    resolver = CountingResolver(ttl=300)
+    query = DNSQuery(CachingResolver(resolver, clock))
+    for _ in range(3):
+        assert result_of(query.texts("example.org")) == [b"v=spf1 -all"]
+    assert len(resolver.queries) == 1
+    clock.advance(301)
+    assert result_of(query.texts("Example.org")) == [b"v=spf1 -all"]
+    assert len(resolver.queries) == 2
+
+
+def test_missing_names_are_kept_a_minute_and_failures_never() -> None:
+    """NXDOMAIN is believed for a minute; a SERVFAIL is asked again at once."""
+    clock = MemoryReactorClock()
+    resolver = CountingResolver()
+    resolver.fail("broken.example", dns.TXT, DNSServerError("x"))
+    query = DNSQuery(CachingResolver(resolver, clock))
+    for _ in range(2):
+        assert result_of(query.texts("nowhere.example")) == []
+        with pytest.raises(LookupFailed):
+            result_of(query.texts("broken.example"))
+    assert resolver.queries.count(("nowhere.example", dns.TXT)) == 1
+    assert resolver.queries.count(("broken.example", dns.TXT)) == 2
+    clock.advance(NEGATIVE_TTL + 1)
+    result_of(query.texts("nowhere.example"))
+    assert resolver.queries.count(("nowhere.example", dns.TXT)) == 2
+
+
+def test_zero_ttl_is_not_kept() -> None:
+    """An answer with TTL 0 is used once only (RFC 1035 §3.2.1)."""
+    resolver = CountingResolver(ttl=0)
+    query = DNSQuery(CachingResolver(resolver, MemoryReactorClock()))
+    result_of(query.texts("example.org"))
+    result_of(query.texts("example.org"))
+    assert len(resolver.queries) == 2
