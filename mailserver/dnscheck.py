@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.names import dns
 
 from mailserver.dnsquery import LookupFailed, NoSuchName, name_text
 from mailserver.dnsrecords import DomainRecords, PublishedKey, Record
+from mailserver.spf import syntax_problem
 
 __all__ = ["Finding", "Lookups", "Status", "check_domain"]
 
@@ -93,10 +94,14 @@ async def _texts(lookups: Lookups, name: str) -> _Answer:
 
 
 async def _gather(*work: Coroutine[Any, Any, _Answer]) -> list[_Answer]:
-    """Run look-ups side by side: a check waits for the slowest, not for the sum."""
-    answers: list[_Answer] = await gatherResults(
-        [Deferred.fromCoroutine(item) for item in work], consumeErrors=True
-    )
+    """Run look-ups side by side: a check waits for the slowest, not for the sum. An
+    exception in one is raised as itself, not wrapped in a FirstError."""
+    try:
+        answers: list[_Answer] = await gatherResults(
+            [Deferred.fromCoroutine(item) for item in work], consumeErrors=True
+        )
+    except FirstError as error:
+        error.subFailure.raiseException()
     return answers
 
 
@@ -111,7 +116,25 @@ def _address_text(record: Any) -> str:
 
 
 async def check_domain(lookups: Lookups, expected: DomainRecords) -> list[Finding]:
-    """Every finding for one domain, in the order of the records in ``expected``."""
+    """Every finding for one domain, in the order of the records in ``expected``.
+
+    A bug (an exception that is no DNS trouble) ends this domain's check with an "unknown"
+    finding that names it: one broken record elsewhere must not cost the operator the report
+    on the other domains, nor show them a traceback.
+    """
+    try:
+        return await _check_domain(lookups, expected)
+    except Exception as error:
+        return [
+            Finding(
+                Status.UNCHECKED,
+                f"{expected.domain}: the check stopped on an unexpected error, a bug in "
+                f"dns-check: {type(error).__name__}: {error}",
+            )
+        ]
+
+
+async def _check_domain(lookups: Lookups, expected: DomainRecords) -> list[Finding]:
     domain, hostname = expected.domain, expected.hostname
     mx, v4, v6, spf, helo_spf, dmarc, *dkim = await _gather(
         _ask(lookups, dns.MX, domain),
@@ -304,10 +327,22 @@ def _spf_records(texts: Sequence[str]) -> list[str]:
 @dataclass(frozen=True)
 class _Verdict:
     """What a receiver would conclude: pass, fail, softfail, neutral, permerror, or unknown
-    (we cannot tell); ``why`` is the term that decided, or what went wrong."""
+    (we cannot tell); ``why`` is the term that decided, or what went wrong, and ``via`` the
+    include: and redirect= terms that led there, outermost first."""
 
     result: str
     why: str
+    via: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        return "".join(f"{term}: " for term in self.via) + self.why
+
+    def through(self, term: str) -> _Verdict:
+        """The verdict as the record whose ``term`` led to it sees it. Each term is named
+        once: an include: loop would otherwise repeat its term ten times."""
+        via = self.via if term in self.via else (term, *self.via)
+        return _Verdict(self.result, self.why, via)
 
 
 class _StaticSPF:
@@ -319,6 +354,7 @@ class _StaticSPF:
         self._hostname = hostname
         self._address = address
         self._lookups_left = SPF_LOOKUP_LIMIT
+        self._evaluating: list[str] = []  # the domains whose records are being walked
 
     async def check(self, domain: str, record: str | None = None) -> _Verdict:
         """The verdict of ``domain``'s record (looked up unless given)."""
@@ -331,6 +367,18 @@ class _StaticSPF:
                 count = "no" if not records else str(len(records))
                 return _Verdict("permerror", f"{domain} has {count} SPF records")
             record = records[0]
+        # RFC 7208 §4.6: receivers parse the whole record first; a syntax error anywhere (a
+        # CIDR length over 32 or 128, §5.6) is a permerror even after a term that matches.
+        if problem := syntax_problem(record):
+            return _Verdict("permerror", f"the record of {domain} is broken: {problem}")
+        self._evaluating.append(domain)
+        try:
+            return await self._walk(domain, record)
+        finally:
+            self._evaluating.pop()
+
+    async def _walk(self, domain: str, record: str) -> _Verdict:
+        """The terms of a well-formed record in order (RFC 7208 §4.6.2), then redirect=."""
         redirect = None
         for term in record.split()[1:]:
             name, equals, value = term.partition("=")
@@ -352,7 +400,7 @@ class _StaticSPF:
             if "%" in redirect:
                 return _Verdict("unknown", f"redirect={redirect} uses macros")
             verdict = await self.check(redirect.lower().rstrip("."))
-            return _Verdict(verdict.result, f"redirect={redirect}: {verdict.why}")
+            return verdict.through(f"redirect={redirect}")
         return _Verdict("neutral", "no term matches")
 
     def _spend(self) -> bool:
@@ -376,9 +424,15 @@ class _StaticSPF:
         if name in ("exists", "ptr"):
             return _Verdict("unknown", f"this check does not evaluate {name} ({term})")
         if name == "include":
+            if target in self._evaluating:
+                return _Verdict(
+                    "permerror",
+                    f"{term} includes a record that is being evaluated already, a loop that "
+                    "receivers end after 10 look-ups",
+                )
             verdict = await self.check(target)
             if verdict.result in ("permerror", "unknown"):
-                return _Verdict(verdict.result, f"{term}: {verdict.why}")
+                return verdict.through(term)
             return verdict.result == "pass"
         hosts = [target]
         if name == "mx":
@@ -456,11 +510,11 @@ async def _check_spf(
         return [
             Finding(
                 Status.UNCHECKED,
-                f"SPF: could not check whether the record allows {who}: {verdict.why}",
+                f"SPF: could not check whether the record allows {who}: {verdict.reason}",
             )
         ]
     if verdict.result == "permerror":
-        return [Finding(Status.WRONG, f"SPF: receivers get a permanent error: {verdict.why}")]
+        return [Finding(Status.WRONG, f"SPF: receivers get a permanent error: {verdict.reason}")]
     findings = _check_spf_all(domain, record)
     if verdict.result == "pass":
         if not any(finding.status is Status.WRONG for finding in findings):
@@ -468,11 +522,7 @@ async def _check_spf(
                 0, Finding(Status.OK, f'SPF: "{record}" allows {hostname} ({verdict.why})')
             )
         return findings
-    # Nothing matched but the final "all" (or nothing at all): the usual mistake, in words.
-    if verdict.why == "no term matches" or verdict.why.lstrip("+-~?").lower() == "all":
-        reason = "it has no mx, a or ip that matches"
-    else:
-        reason = f"{verdict.why} matches it"
+    reason = _why_not(record, verdict)
     return [
         Finding(
             Status.WRONG,
@@ -480,6 +530,24 @@ async def _check_spf(
             f"{verdict.result} for our mail",
         )
     ]
+
+
+def _why_not(record: str, verdict: _Verdict) -> str:
+    """Why a record that does not let us through decides as it does, in words."""
+    if verdict.via or (
+        verdict.why != "no term matches" and verdict.why.lstrip("+-~?").lower() != "all"
+    ):
+        return f"{verdict.reason} matches it"
+    terms = record.split()[1:]
+    alls = [n for n, term in enumerate(terms) if term.lstrip("+-~?").lower() == "all"]
+    # RFC 7208 §4.6.2: the first match decides, and "all" always matches.
+    later = [term for term in terms[alls[0] + 1 :] if "=" not in term] if alls else []
+    if later:
+        return (
+            f"{terms[alls[0]]} comes before {' '.join(later)}, and terms after all are never "
+            "evaluated"
+        )
+    return "it has no mx, a or ip that matches"
 
 
 def _check_spf_all(domain: str, record: str) -> list[Finding]:
@@ -506,6 +574,15 @@ def _check_spf_all(domain: str, record: str) -> list[Finding]:
                 Status.NOTE,
                 "SPF: the record does not end in -all, so servers it does not list get "
                 "neutral rather than fail",
+            )
+        ]
+    if qualifier == "~":
+        return [
+            Finding(
+                Status.NOTE,
+                f"SPF: the record ends in ~all, so receivers without DMARC only mark mail "
+                f"forged in {domain}'s name (softfail) rather than refuse it; dns-records "
+                "suggests -all",
             )
         ]
     return []

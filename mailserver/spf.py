@@ -351,12 +351,14 @@ def _directive(term: str, result: SPFResult, name: str, rest: str) -> _Directive
             raise _SyntaxError(f"all takes no argument: {term!r}")
         return _Directive(term, result, name)
     if name in ("include", "exists"):
-        if not rest.startswith(":"):
-            raise _SyntaxError(f"{name} needs a domain: {term!r}")
+        if not rest.startswith(":") or rest == ":":
+            raise _SyntaxError(f"{name}: needs a domain")
         return _Directive(term, result, name, _domain_spec(rest[1:]))
     if name == "ptr":
         if rest and not rest.startswith(":"):
             raise _SyntaxError(f"bad ptr mechanism {term!r}")
+        if rest == ":":
+            raise _SyntaxError(f"{name}: needs a domain")
         return _Directive(term, result, name, _domain_spec(rest[1:]) if rest else None)
     if name in ("a", "mx"):
         cidr = _DUAL_CIDR.search(rest)
@@ -364,6 +366,8 @@ def _directive(term: str, result: SPFResult, name: str, rest: str) -> _Directive
         spec = rest[: cidr.start()]
         if spec and not spec.startswith(":"):
             raise _SyntaxError(f"bad {name} mechanism {term!r}")
+        if spec == ":":
+            raise _SyntaxError(f"{name}: needs a domain")
         target = _domain_spec(spec[1:]) if spec else None
         cidr4 = _prefix(cidr["v4"], 32)
         cidr6 = _prefix(cidr["v6"], 128)
@@ -374,6 +378,19 @@ def _directive(term: str, result: SPFResult, name: str, rest: str) -> _Directive
         address, slash, length = rest[1:].partition("/")
         return _Directive(term, result, name, network=_network(name, address, slash, length))
     raise _SyntaxError(f"unknown mechanism {term!r}")
+
+
+def syntax_problem(record: str) -> str | None:
+    """Why receivers give ``record`` (one "v=spf1" record) a permerror before evaluating any
+    of it (§4.6: a syntax error anywhere, even after a term that would match), or None. For
+    ``dns-check``, whose static walk must judge a record as receivers do."""
+    if not record.isascii():
+        return "the record is not ASCII"  # §12
+    try:
+        _parse_record(record)
+    except _SyntaxError as error:
+        return str(error)
+    return None
 
 
 def _prefix(text: str | None, bits: int) -> int:

@@ -347,9 +347,109 @@ def test_spf_plus_all(expected: DomainRecords) -> None:
 
 
 def test_spf_without_all(expected: DomainRecords) -> None:
-    """A record that lets us through but does not end in -all or ~all gets a note."""
+    """A record that lets us through but does not end in -all gets a note: without an all,
+    others get neutral; with ~all, receivers without DMARC only mark forgeries."""
     assert [status for status, _ in spf(expected, "v=spf1 mx")] == [Status.OK, Status.NOTE]
-    assert [status for status, _ in spf(expected, "v=spf1 mx ~all")] == [Status.OK]
+    assert spf(expected, "v=spf1 mx ~all")[1] == (
+        Status.NOTE,
+        "SPF: the record ends in ~all, so receivers without DMARC only mark mail forged in "
+        "example.org's name (softfail) rather than refuse it; dns-records suggests -all",
+    )
+    assert [status for status, _ in spf(expected, "v=spf1 mx -all")] == [Status.OK]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "v=spf1 a/40 -all",
+        "v=spf1 a:host.example.org/99 -all",
+        "v=spf1 mx:host.example.org/40 -all",
+        "v=spf1 a//129 -all",
+        "v=spf1 a:mail.example.org/99 -all",  # names our host: would match before the length
+        "v=spf1 mx -all a/33",  # after the term that decides
+    ],
+)
+def test_spf_cidr_length_out_of_range(expected: DomainRecords, record: str) -> None:
+    """A CIDR length over 32 (IPv4) or 128 (IPv6) is a permanent error for receivers
+    (RFC 7208 §5.6, §4.6), wherever it is in the record: wrong, never ok, never a crash."""
+    ((status, text),) = spf(expected, record)
+    assert status is Status.WRONG
+    assert text.startswith(
+        "SPF: receivers get a permanent error: the record of example.org is broken: bad CIDR "
+        "length /"
+    )
+
+
+def test_spf_cidr_length_in_an_include(expected: DomainRecords) -> None:
+    """A third party's record with a bad CIDR length, reached through include:, is a
+    permanent error too, named through the include."""
+    zone = healthy()
+    zone["_spf.provider.example"] = [txt("v=spf1 a/40 -all")]
+    zone[DOMAIN] = [zone[DOMAIN][0], txt("v=spf1 include:_spf.provider.example mx -all")]
+    assert about(check(expected, zone), "SPF")[0] == (
+        Status.WRONG,
+        "SPF: receivers get a permanent error: include:_spf.provider.example: the record of "
+        "_spf.provider.example is broken: bad CIDR length /40",
+    )
+
+
+def test_spf_include_loop_named_once(expected: DomainRecords) -> None:
+    """A record that includes itself is a permanent error; the include: term is named once,
+    as are the terms of a loop through two domains."""
+    assert spf(expected, "v=spf1 include:example.org -all") == [
+        (
+            Status.WRONG,
+            "SPF: receivers get a permanent error: include:example.org includes a record that "
+            "is being evaluated already, a loop that receivers end after 10 look-ups",
+        )
+    ]
+    zone = healthy()
+    zone["other.example"] = [txt("v=spf1 include:example.org -all")]
+    zone[DOMAIN] = [zone[DOMAIN][0], txt("v=spf1 include:other.example -all")]
+    ((status, text), _) = about(check(expected, zone), "SPF")
+    assert status is Status.WRONG
+    assert text.count("include:other.example") == 1 and text.count("include:example.org") == 1
+
+
+def test_spf_include_without_domain(expected: DomainRecords) -> None:
+    """include: with nothing after the colon says it needs a domain."""
+    assert spf(expected, "v=spf1 include: mx -all") == [
+        (
+            Status.WRONG,
+            "SPF: receivers get a permanent error: the record of example.org is broken: "
+            "include: needs a domain",
+        )
+    ]
+
+
+def test_spf_all_before_other_terms(expected: DomainRecords) -> None:
+    """-all before mx: the terms after it never count, and the finding says so."""
+    ((status, text),) = spf(expected, "v=spf1 -all mx")
+    assert status is Status.WRONG
+    assert text == (
+        f"SPF: the record does not allow {HOST} at {V4} (-all comes before mx, and terms "
+        "after all are never evaluated); receivers get fail for our mail"
+    )
+
+
+def test_unexpected_error_is_unknown(expected: DomainRecords) -> None:
+    """A bug in a check (an exception that is no DNS trouble) gives one "unknown" finding
+    naming it, not a traceback."""
+
+    class Broken(FakeDNS):
+        async def records(self, kind: int, name: str) -> list[Any]:
+            if kind == dns.PTR:
+                raise RuntimeError("something broke")
+            return await super().records(kind, name)
+
+    findings = run(check_domain(Broken(healthy()), expected))
+    assert [(f.status, f.text) for f in findings] == [
+        (
+            Status.UNCHECKED,
+            "example.org: the check stopped on an unexpected error, a bug in dns-check: "
+            "RuntimeError: something broke",
+        )
+    ]
 
 
 def test_spf_beyond_a_static_check(expected: DomainRecords) -> None:

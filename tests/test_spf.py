@@ -23,6 +23,7 @@ from mailserver.spf import (
     SPFResult,
     SPFVerdict,
     check_spf,
+    syntax_problem,
 )
 from tests.fake_dns import TextsFromRecords
 
@@ -646,6 +647,18 @@ def test_syntax_errors_are_permerror(term: str) -> None:
     verdict = check(zone(f"v=spf1 +all {term}"))
     assert verdict.result is PERMERROR
     assert verdict.reason.startswith("syntax error in the SPF record of example.org: ")
+
+
+def test_syntax_problem_without_evaluating() -> None:
+    """syntax_problem judges a record as check_host would before running any of it: CIDR
+    lengths out of range (§5.6), a mechanism with an empty domain, non-ASCII text; None for a
+    good record."""
+    assert syntax_problem("v=spf1 a:mail.example.org/99 -all") == "bad CIDR length /99"
+    assert syntax_problem("v=spf1 mx//129 -all") == "bad CIDR length /129"
+    assert syntax_problem("v=spf1 include: -all") == "include: needs a domain"
+    assert syntax_problem("v=spf1 a: -all") == "a: needs a domain"
+    assert syntax_problem("v=spf1 a:bücher.example -all") == "the record is not ASCII"
+    assert syntax_problem("v=spf1 a/24//64 mx:example.org ip6:2001:db8::/32 -all") is None
 
 
 # --- limits (§4.6.4) ---------------------------------------------------------------------------
