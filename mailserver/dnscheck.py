@@ -631,6 +631,14 @@ def _check_dkim(published: PublishedKey, answer: _Answer) -> list[Finding]:
     signing = published.signing
     if tags.get("v", "DKIM1") != "DKIM1":
         return [Finding(Status.WRONG, f"{subject}: v={tags['v']}, where only DKIM1 is valid")]
+    if "v" in tags and next(iter(tags)) != "v":
+        return [
+            Finding(
+                Status.WRONG,
+                f"{subject}: v=DKIM1 must be the first tag (RFC 6376 §3.6.1), and verifiers "
+                "may discard a record where it is not",
+            )
+        ]
     key_type = tags.get("k", "rsa").lower()
     public = "".join(tags.get("p", "").split())  # base64 may be folded with spaces
     problem = None
@@ -666,6 +674,30 @@ def _colon_list(text: str) -> list[str]:
 
 
 _DMARC_VERSION = re.compile(r"\s*v\s*=\s*DMARC1\s*(?:;|$)")  # RFC 7489 §6.4: first, exact
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # RFC 3986 §3.1
+
+
+def _dmarc_version_later(text: str) -> bool:
+    """Whether a TXT record has v=DMARC1, only not first: meant as DMARC, read as nothing."""
+    tags = _tags(text)
+    return tags is not None and tags.get("v") == "DMARC1"
+
+
+def _check_report_addresses(tags: dict[str, str]) -> list[Finding]:
+    """rua= and ruf= hold URIs (RFC 7489 §6.4), mailto: ones in practice; a bare address is
+    none, and receivers send it no reports."""
+    findings = []
+    for tag in ("rua", "ruf"):
+        for entry in (item.strip() for item in tags.get(tag, "").split(",")):
+            if entry and not _URI_SCHEME.match(entry):
+                findings.append(
+                    Finding(
+                        Status.WRONG,
+                        f"DMARC: {tag}={entry} is not a URI, so receivers send no reports "
+                        f"there; write {tag}=mailto:{entry}",
+                    )
+                )
+    return findings
 
 
 def _check_dmarc(expected: DomainRecords, answer: _Answer) -> list[Finding]:
@@ -673,6 +705,14 @@ def _check_dmarc(expected: DomainRecords, answer: _Answer) -> list[Finding]:
     if answer.failure:
         return [_unchecked("DMARC", answer.failure)]
     records = [text for text in answer.items if _DMARC_VERSION.match(text)]
+    if not records and any(_dmarc_version_later(text) for text in answer.items):
+        return [
+            Finding(
+                Status.WRONG,
+                f"DMARC: the record at {name} does not start with v=DMARC1, so receivers "
+                "ignore it: v=DMARC1 must come first (RFC 7489 §6.4)",
+            )
+        ]
     if not records:
         return [
             Finding(
@@ -720,6 +760,7 @@ def _check_dmarc(expected: DomainRecords, answer: _Answer) -> list[Finding]:
                 f"DMARC: pct={tags['pct']}: the policy applies to only part of the mail that fails",
             )
         )
+    findings += _check_report_addresses(tags)
     if "rua" not in tags:
         findings.append(
             Finding(

@@ -565,3 +565,40 @@ def test_dmarc_wrong(expected: DomainRecords) -> None:
     assert status is Status.WRONG and "no p=" in text
     ((status, text),) = dmarc(expected, "v=DMARC1; p=block")
     assert status is Status.WRONG and "p=block" in text
+
+
+def test_dmarc_version_not_first(expected: DomainRecords) -> None:
+    """A record with v=DMARC1 later than first is meant as DMARC but ignored by receivers:
+    wrong, saying why, rather than missing."""
+    assert dmarc(expected, "p=reject; v=DMARC1") == [
+        (
+            Status.WRONG,
+            "DMARC: the record at _dmarc.example.org does not start with v=DMARC1, so receivers "
+            "ignore it: v=DMARC1 must come first (RFC 7489 §6.4)",
+        )
+    ]
+
+
+def test_dmarc_report_address_without_mailto(expected: DomainRecords) -> None:
+    """rua= and ruf= take URIs: a bare address gets no reports, and the fix is named."""
+    findings = dmarc(expected, "v=DMARC1; p=reject; rua=x@example.org,mailto:y@example.org")
+    assert findings == [
+        (Status.OK, "DMARC: p=reject at _dmarc.example.org"),
+        (
+            Status.WRONG,
+            "DMARC: rua=x@example.org is not a URI, so receivers send no reports there; "
+            "write rua=mailto:x@example.org",
+        ),
+    ]
+
+
+def test_dkim_version_not_first(expected: DomainRecords) -> None:
+    """A key record whose v= is not the first tag is wrong (RFC 6376 §3.6.1)."""
+    record = f"k=ed25519; v=DKIM1; p={KEY.public.decode()}"
+    assert dkim(expected, record) == [
+        (
+            Status.WRONG,
+            f"DKIM {DKIM_NAME}: v=DKIM1 must be the first tag (RFC 6376 §3.6.1), and verifiers "
+            "may discard a record where it is not",
+        )
+    ]
