@@ -136,8 +136,9 @@ async def check_domain(lookups: Lookups, expected: DomainRecords) -> list[Findin
 
 async def _check_domain(lookups: Lookups, expected: DomainRecords) -> list[Finding]:
     domain, hostname = expected.domain, expected.hostname
-    mx, v4, v6, spf, helo_spf, dmarc, *dkim = await _gather(
+    mx, alias, v4, v6, spf, helo_spf, dmarc, *dkim = await _gather(
         _ask(lookups, dns.MX, domain),
+        _ask(lookups, dns.CNAME, hostname),
         _ask(lookups, dns.A, hostname),
         _ask(lookups, dns.AAAA, hostname),
         _texts(lookups, domain),
@@ -147,6 +148,8 @@ async def _check_domain(lookups: Lookups, expected: DomainRecords) -> list[Findi
     )
     addresses = [_address_text(record) for record in v4.items + v6.items]
     findings = _check_mx(expected, mx)
+    if not (alias.failure and (v4.failure or v6.failure)):  # that trouble is told once
+        findings += _check_alias(hostname, alias)
     findings += _check_addresses(hostname, v4, v6, addresses)
     findings += await _check_reverse(lookups, hostname, addresses)
     findings += await _check_spf(lookups, expected.spf, hostname, spf, addresses)
@@ -242,6 +245,27 @@ def _unreachable(address: str) -> str | None:
     return None
 
 
+def _check_alias(hostname: str, answer: _Answer) -> list[Finding]:
+    """The MX host is no alias: RFC 2181 §10.3 (and RFC 5321 §5.1) forbid an MX record to
+    name a CNAME, which our resolver and most others would follow without a word."""
+    if answer.failure:
+        return [_unchecked(f"MX host {hostname} (CNAME)", answer.failure)]
+    targets = [
+        (name_text(record.name) if record.name is not None else None) or "?"
+        for record in answer.items
+        if isinstance(record, dns.Record_CNAME)
+    ]
+    if not targets:
+        return []
+    return [
+        Finding(
+            Status.WRONG,
+            f"MX host {hostname} is a CNAME (for {targets[0]}); an MX record must name a host "
+            "with its own A/AAAA records (RFC 2181 §10.3)",
+        )
+    ]
+
+
 def _check_addresses(
     hostname: str, v4: _Answer, v6: _Answer, addresses: Sequence[str]
 ) -> list[Finding]:
@@ -256,8 +280,14 @@ def _check_addresses(
                 f"{subject} has no address record (A or AAAA); no server can reach it",
             )
         ]
-    plural = "es" if len(addresses) > 1 else ""
-    findings = [Finding(Status.OK, f"{subject} has the address{plural} {', '.join(addresses)}")]
+    # An address no one can reach gets its WRONG line only, not an "ok" one too.
+    reachable = [address for address in addresses if not _unreachable(address)]
+    plural = "es" if len(reachable) > 1 else ""
+    findings = []
+    if reachable:
+        findings.append(
+            Finding(Status.OK, f"{subject} has the address{plural} {', '.join(reachable)}")
+        )
     for address in addresses:
         if kind := _unreachable(address):
             findings.append(

@@ -48,6 +48,7 @@ _LOOKUPS = {
     dns.AAAA: "lookupIPV6Address",
     dns.TXT: "lookupText",
     dns.PTR: "lookupPointer",
+    dns.CNAME: "lookupCanonicalName",
 }
 
 
@@ -95,6 +96,7 @@ class RecordLookups(Protocol):
     def lookupIPV6Address(self, name: str, timeout: Any = None) -> Deferred[Any]: ...
     def lookupText(self, name: str, timeout: Any = None) -> Deferred[Any]: ...
     def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]: ...
+    def lookupCanonicalName(self, name: str, timeout: Any = None) -> Deferred[Any]: ...
 
 
 class DNSQuery:
@@ -110,7 +112,8 @@ class DNSQuery:
 
         RFC 5321 §5.1 (and RFC 7208 §4.4 for SPF): a CNAME is followed as if its target were the
         name asked for. A recursive server usually returns the whole chain in one answer; where
-        it stops short, the rest is asked for.
+        it stops short, the rest is asked for. Asked for CNAME itself, the answer is the
+        name's own alias record, if it has one (to tell an alias from a host: RFC 2181 §10.3).
         """
         name = name.lower().rstrip(".")
         if not _is_dns_name(name):
@@ -189,6 +192,9 @@ class CachingResolver:
 
     def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]:
         return self._lookup(dns.PTR, name)
+
+    def lookupCanonicalName(self, name: str, timeout: Any = None) -> Deferred[Any]:
+        return self._lookup(dns.CNAME, name)
 
     def _lookup(self, kind: int, name: str) -> Deferred[Any]:
         key = (kind, name.lower())

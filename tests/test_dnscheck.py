@@ -220,15 +220,37 @@ def test_host_without_address(expected: DomainRecords) -> None:
 
 
 def test_private_address(expected: DomainRecords) -> None:
-    """A private address on the MX host is wrong: nobody outside can reach it."""
+    """A private address on the MX host is wrong: nobody outside can reach it. It gets that
+    line only, not an "ok" one as well; the host's other addresses are still ok."""
     zone = healthy()
     zone[HOST] = [dns.Record_A("10.1.2.3")]
     zone[reverse("10.1.2.3")] = [dns.Record_PTR(HOST.encode())]
-    assert (
+    private = (
         Status.WRONG,
         "MX host mail.example.org has the private address 10.1.2.3, which no server on the "
         "Internet can reach",
-    ) in about(check(expected, zone), "MX host")
+    )
+    assert about(check(expected, zone), "MX host") == [private]
+    zone[HOST].append(dns.Record_AAAA(V6))
+    assert about(check(expected, zone), "MX host") == [
+        (Status.OK, f"MX host mail.example.org has the address {V6}"),
+        private,
+    ]
+
+
+def test_mx_host_is_an_alias(expected: DomainRecords) -> None:
+    """An MX host that is a CNAME is wrong (RFC 2181 §10.3), even though its addresses are
+    found through the alias."""
+    zone = healthy()
+    zone[HOST].insert(0, dns.Record_CNAME(b"server.example.net"))
+    assert about(check(expected, zone), "MX host") == [
+        (
+            Status.WRONG,
+            "MX host mail.example.org is a CNAME (for server.example.net); an MX record must "
+            "name a host with its own A/AAAA records (RFC 2181 §10.3)",
+        ),
+        (Status.OK, f"MX host mail.example.org has the addresses {V4}, {V6}"),
+    ]
 
 
 def test_reverse_dns_missing_and_wrong(expected: DomainRecords) -> None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns
-from twisted.names.error import DNSServerError
+from twisted.names.error import DNSNameError, DNSServerError
 from twisted.python.failure import Failure
 
 from mailserver.dnsquery import NEGATIVE_TTL, CachingResolver, DNSQuery, LookupFailed, NoSuchName
@@ -72,6 +72,42 @@ def test_names_that_cannot_be_in_dns_are_not_asked(name: str) -> None:
     with pytest.raises(NoSuchName):
         result_of(DNSQuery(resolver).records(dns.TXT, name))
     assert resolver.queries == []
+
+
+class AliasResolver(TextResolver):
+    """The text resolver, answering CNAME questions as a recursive server does: with the
+    name's own alias record, unfollowed."""
+
+    def lookupCanonicalName(self, name: str, timeout: object = None) -> Deferred[Any]:
+        self.queries.append((name, dns.CNAME))
+        if name not in self.names:
+            return fail(DNSNameError(name))
+        return succeed((self.answers.get((name, dns.CNAME), []), [], []))
+
+
+def test_cname_asked_for_itself_is_not_followed() -> None:
+    """Asked for CNAME, the answer is the alias record of the name itself (to tell an alias
+    from a host), and none for a name that is no alias."""
+    resolver = AliasResolver().cname("mail.example.org", "host.example.net")
+    resolver.a("host.example.net", "192.0.2.1").a("plain.example.org", "192.0.2.2")
+    query = DNSQuery(resolver)
+    (alias,) = result_of(query.records(dns.CNAME, "mail.example.org"))
+    assert alias.name.name == b"host.example.net"
+    assert result_of(query.records(dns.CNAME, "plain.example.org")) == []
+    assert resolver.queries == [("mail.example.org", dns.CNAME), ("plain.example.org", dns.CNAME)]
+
+
+def test_cname_answers_are_kept_too() -> None:
+    """The caching resolver answers CNAME questions, and keeps them like the others."""
+    resolver = AliasResolver().exists("mail.example.org")
+    alias = dns.Record_CNAME(b"host.example.net")
+    resolver.answers[("mail.example.org", dns.CNAME)] = [
+        dns.RRHeader(b"mail.example.org", dns.CNAME, ttl=300, payload=alias)
+    ]
+    query = DNSQuery(CachingResolver(resolver, MemoryReactorClock()))
+    for _ in range(2):
+        assert len(result_of(query.records(dns.CNAME, "mail.example.org"))) == 1
+    assert resolver.queries == [("mail.example.org", dns.CNAME)]
 
 
 class CountingResolver(TextResolver):
