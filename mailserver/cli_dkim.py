@@ -13,19 +13,23 @@ import argparse
 import json
 import os
 import re
+import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mailserver import durable
 from mailserver.address import AddressError, normalize_domain, parse_domain
 from mailserver.cli import CommandError
 from mailserver.dkimkeys import ALGORITHMS, write_new_key
-from mailserver.dnsrecords import Record, render_record
+from mailserver.dnsrecords import Record, admin_command, render_record
 
 __all__ = [
     "default_selector",
     "key_file_name",
     "key_table",
+    "parse_domain_argument",
+    "parse_selector",
     "register",
 ]
 
@@ -100,11 +104,12 @@ def parse_domain_argument(text: str) -> str:
         raise CommandError(f"{text.strip()!r}: {error}") from None
 
 
-def _selector(text: str) -> str:
+def parse_selector(text: str, option: str = "--selector") -> str:
+    """A selector given with ``option``, in lower case."""
     selector = text.strip().lower()
     if not _SELECTOR.fullmatch(selector):
         raise CommandError(
-            f"--selector: {text!r} is not a selector (letters, digits and hyphens, in labels "
+            f"{option}: {text!r} is not a selector (letters, digits and hyphens, in labels "
             "separated by dots)"
         )
     return selector
@@ -137,29 +142,56 @@ def _algorithm(text: str) -> str:
     return algorithm
 
 
+def _check_directory(directory: Path) -> None:
+    """Refuse a --directory that is, or lies under, something other than a directory (which
+    would otherwise be reported as a key file that "already exists")."""
+    for path in (directory, *directory.parents):
+        if os.path.exists(path):
+            if not os.path.isdir(path):
+                raise CommandError(f"{path} is not a directory")
+            return
+
+
 def run_keygen(args: argparse.Namespace) -> int:
     domain = parse_domain_argument(args.domain)
     algorithm = _algorithm(args.algorithm)
-    selector = _selector(args.selector) if args.selector else default_selector(algorithm)
-    path = _directory(args) / key_file_name(domain, selector)
+    selector = parse_selector(args.selector) if args.selector else default_selector(algorithm)
+    directory = _directory(args)
+    _check_directory(directory)
+    path = directory / key_file_name(domain, selector)
     if os.path.lexists(path):
         raise CommandError(f'"{path}" already exists; choose another --selector')
     try:
+        # Private keys live here: the directory is the owner's alone, whatever the umask.
+        durable.ensure_directory(directory, 0o700)
         signing = write_new_key(path, algorithm)
     except FileExistsError:
         raise CommandError(f'"{path}" already exists; choose another --selector') from None
     except OSError as error:
         raise CommandError(f'cannot write "{error.filename or path}": {error.strerror}') from None
-    name = f"{selector}._domainkey.{domain}"
-    record = Record(name, "TXT", signing.dns_record(), "DKIM")
     print(f"wrote the {algorithm} key {path} (readable only by its owner)")
+    _print_steps(args, domain, selector, path, signing.dns_record())
+    return 0
+
+
+def _print_steps(
+    args: argparse.Namespace, domain: str, selector: str, path: Path, dns_record: str
+) -> None:
+    """The key's record to publish, the exact command that says when DNS serves it, then the
+    lines that make the server sign with it: in that order, so that no message is signed
+    with a key verifiers cannot find."""
+    record = Record(f"{selector}._domainkey.{domain}", "TXT", dns_record, "DKIM")
+    command = admin_command(getattr(args, "config", None))
+    check = f"{command} dns-check {domain} --key {selector}={shlex.quote(str(path))}"
     print()
     print("1. Publish this DNS record:")
     print()
     print(render_record(record))
     print()
-    print(f"2. Once it is visible (mailserver dns-check {domain}), add these lines to the")
-    print("   configuration file and restart the server:")
+    print("2. Wait until this says ok for it (a new record can take a while to be seen):")
+    print()
+    print(f"    {check}")
+    print()
+    print("3. Then add these lines to the configuration file and restart the server:")
     print()
     print(key_table(domain, selector, _shown(path, args)), end="")
-    return 0

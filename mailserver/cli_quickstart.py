@@ -17,6 +17,7 @@ import getpass
 import grp
 import os
 import secrets
+import shlex
 import shutil
 import sys
 from collections.abc import Iterator
@@ -263,15 +264,17 @@ def config_text(setup: _Setup, today: str) -> str:
         key_table(setup.domain, selector, _relative(path, setup.directory))
         for _, selector, path in setup.dkim
     )
+    command = dnsrecords.admin_command(str(setup.config))
+    config = shlex.quote(str(setup.config))
     return f"""\
 # Mail server for {setup.domain}, written by "mailserver quickstart" on {today}.
 #
 # Only the choices made for this server are here; every other setting keeps the default that
 # the reference configuration (conf/mailserver.toml in the source) documents. Relative paths
 # are taken from this file's directory. Check the file after a change with
-#     mailserver check-config {setup.config}
+#     mailserver check-config {config}
 # and start the server with
-#     twistd -n mailserver --config {setup.config}
+#     twistd -n mailserver --config {config}
 
 
 [server]
@@ -324,7 +327,8 @@ postmaster = {toml_string(setup.address)}
 
 # Our users' mail from {setup.domain} is signed with both keys: RSA, which every verifier
 # checks, and Ed25519 beside it (RFC 8463). Publish each key's DNS record, as
-# "mailserver dns-records" prints it, before the first message goes out.
+#     {command} dns-records {setup.domain}
+# prints it, before the first message goes out.
 {keys}"""
 
 
@@ -473,7 +477,8 @@ def _print_summary(setup: _Setup, config: Config, password: str, added: list[str
     print()
     print(f"    {password}")
     print()
-    print(f"Change it with: mailserver --config {setup.config} user passwd {setup.address}")
+    command = dnsrecords.admin_command(str(setup.config))
+    print(f"Change it with: {command} user passwd {setup.address}")
     print()
     print(f"Publish these DNS records for {setup.domain}:")
     print()

@@ -31,7 +31,7 @@ from mailserver.dnsquery import LookupFailed, NoSuchName, name_text
 from mailserver.dnsrecords import DomainRecords, PublishedKey, Record
 from mailserver.spf import syntax_problem
 
-__all__ = ["Finding", "Lookups", "Status", "check_domain"]
+__all__ = ["Finding", "Lookups", "Status", "check_domain", "check_key"]
 
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 §4.6.4: terms that cause DNS queries, per evaluation
 
@@ -155,17 +155,33 @@ async def _check_domain(lookups: Lookups, expected: DomainRecords) -> list[Findi
     findings += await _check_spf(lookups, expected.spf, hostname, spf, addresses)
     findings += await _check_spf(lookups, expected.helo_spf, hostname, helo_spf, addresses)
     for published, answer in zip(expected.dkim, dkim, strict=True):
-        findings += _check_dkim(published, answer)
+        missing = (
+            f"no key published, so every signature made with {published.file} fails; publish "
+            f"the record of: {expected.command} dns-records {domain}"
+        )
+        findings += _check_dkim(published, answer, missing)
     if not expected.dkim:
         findings.append(
             Finding(
                 Status.NOTE,
                 f"DKIM: no key is configured for {domain}, so its mail goes out unsigned; make "
-                f"one with: mailserver dkim keygen {domain}",
+                f"one with: {expected.command} dkim keygen {domain}",
             )
         )
     findings += _check_dmarc(expected, dmarc)
     return findings
+
+
+async def check_key(lookups: Lookups, published: PublishedKey) -> list[Finding]:
+    """The record of a key that is not configured yet (``dns-check --key``): a new key is
+    published first and configured only once DNS serves it, so that no mail is signed with a
+    key that verifiers cannot find."""
+    answer = await _texts(lookups, published.record.name)
+    missing = (
+        "no key published yet (a new record can take a while to be seen); publish the record "
+        "that dkim keygen printed for it, then check again"
+    )
+    return _check_dkim(published, answer, missing)
 
 
 # --- MX, addresses and reverse DNS --------------------------------------------------------
@@ -180,7 +196,7 @@ def _check_mx(expected: DomainRecords, answer: _Answer) -> list[Finding]:
             Finding(
                 Status.MISSING,
                 f"MX: {domain} does not exist in DNS; publish its zone with the records "
-                f"of: mailserver dns-records {domain}",
+                f"of: {expected.command} dns-records {domain}",
             )
         ]
     hosts = sorted((record.preference, name_text(record.name) or "") for record in answer.items)
@@ -635,18 +651,14 @@ def _tags(text: str) -> dict[str, str] | None:
     return tags
 
 
-def _check_dkim(published: PublishedKey, answer: _Answer) -> list[Finding]:
+def _check_dkim(published: PublishedKey, answer: _Answer, missing: str) -> list[Finding]:
+    """The key's record is published once and holds that key; ``missing`` says, after the
+    record's name, what no record at all means and what to do."""
     subject = f"DKIM {published.record.name}"
     if answer.failure:
         return [_unchecked(subject, answer.failure)]
     if not answer.items:
-        return [
-            Finding(
-                Status.MISSING,
-                f"{subject}: no key published, so every signature made with {published.file} "
-                "fails; publish the record of: mailserver dns-records",
-            )
-        ]
+        return [Finding(Status.MISSING, f"{subject}: {missing}")]
     if len(answer.items) > 1:
         return [
             Finding(

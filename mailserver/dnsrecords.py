@@ -30,6 +30,7 @@ The choices, which ``dns-check`` holds published records to:
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,9 @@ __all__ = [
     "DomainRecords",
     "PublishedKey",
     "Record",
+    "admin_command",
     "plan",
+    "published_key",
     "render",
     "render_record",
     "shown_path",
@@ -92,6 +95,7 @@ class DomainRecords:
     dkim: tuple[PublishedKey, ...]
     dmarc: Record
     advice: tuple[str, ...]  # what no record of the zone can say, one comment line each
+    command: str = "mailserver"  # the admin command for this configuration (admin_command)
 
     def records(self) -> tuple[Record, ...]:
         return (
@@ -102,6 +106,15 @@ class DomainRecords:
             *(published.record for published in self.dkim),
             self.dmarc,
         )
+
+
+def admin_command(source: str | None) -> str:
+    """The admin command as the hints we print must spell it to act on the configuration
+    file ``source``: with ``--config`` and the file's absolute path, so that it works when
+    copied into any shell in any directory; plain ``mailserver`` for the embedded default."""
+    if source is None or source == EMBEDDED_DEFAULT:
+        return "mailserver"
+    return f"mailserver --config {shlex.quote(os.path.abspath(source))}"
 
 
 def shown_path(config: Config, path: Path) -> str:
@@ -127,6 +140,7 @@ def plan(config: Config, domain: str) -> DomainRecords:
     one cannot be used.
     """
     hostname = config.server.hostname
+    command = admin_command(config.source)
     mx = Record(
         domain,
         "MX",
@@ -165,7 +179,7 @@ def plan(config: Config, domain: str) -> DomainRecords:
         "envelope sender and are checked against it (RFC 7208 section 2.3)",
     )
     dkim = tuple(
-        _published(config, key, load_key(key.private_key))
+        published_key(config, key, load_key(key.private_key))
         for key in config.dkim.keys
         if key.domain == domain
     )
@@ -189,12 +203,15 @@ def plan(config: Config, domain: str) -> DomainRecords:
         ]
     if not dkim:
         advice += [
-            f"{domain} has no DKIM key: make one with: mailserver dkim keygen {domain}",
+            f"{domain} has no DKIM key: make one with: {command} dkim keygen {domain}",
         ]
-    return DomainRecords(domain, hostname, mx, addresses, spf, helo_spf, dkim, dmarc, tuple(advice))
+    return DomainRecords(
+        domain, hostname, mx, addresses, spf, helo_spf, dkim, dmarc, tuple(advice), command
+    )
 
 
-def _published(config: Config, key: DKIMKey, signing: SigningKey) -> PublishedKey:
+def published_key(config: Config, key: DKIMKey, signing: SigningKey) -> PublishedKey:
+    """``key`` with its record; its file named as the operator knows it (shown_path)."""
     file = shown_path(config, key.private_key)
     record = Record(
         f"{key.selector}._domainkey.{key.domain}",
@@ -254,7 +271,7 @@ def render(records: DomainRecords) -> str:
     width = max(len(record.name) + 1 for record in records.records())
     lines = [
         f"; DNS records for {records.domain}, mail server {records.hostname}.",
-        f"; Check them once published with: mailserver dns-check {records.domain}",
+        f"; Check them once published with: {records.command} dns-check {records.domain}",
     ]
     for record in records.records():
         lines += ["", *_comment([record.purpose]), render_record(record, width)]

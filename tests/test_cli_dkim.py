@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import tomllib
 from collections.abc import Callable
@@ -126,3 +127,42 @@ def test_default_selector() -> None:
     """rsa or ed, and the year."""
     assert default_selector("rsa", datetime(2031, 5, 1, tzinfo=UTC)) == "rsa2031"
     assert default_selector("ed25519", datetime(2031, 5, 1, tzinfo=UTC)) == "ed2031"
+
+
+def test_steps_name_the_exact_check(run: Run, tmp_path: Path) -> None:
+    """Step 2 is the dns-check command that checks this very key before it is configured,
+    with --config when one was given, the key file quoted for the shell."""
+    config = tmp_path / "my etc" / "mailserver.toml"
+    config.parent.mkdir()
+    status, out, _ = run("--config", str(config), "dkim", "keygen", "example.org")
+    assert status == 0
+    key = f"'{tmp_path}/my etc/dkim/example.org.rsa{YEAR}.pem'"
+    assert (
+        "2. Wait until this says ok for it (a new record can take a while to be seen):\n\n"
+        f"    mailserver --config '{config}' dns-check example.org --key rsa{YEAR}={key}\n\n"
+        "3. Then add these lines to the configuration file and restart the server:\n"
+    ) in out
+    _, out, _ = run("dkim", "keygen", "example.org", "--algorithm", "ed25519")
+    key = f"{tmp_path}/dkim/example.org.ed{YEAR}.pem"
+    assert f"    mailserver dns-check example.org --key ed{YEAR}={key}\n" in out
+
+
+def test_directory_that_is_a_file(run: Run, tmp_path: Path) -> None:
+    """--directory naming a file, or something under one, is refused as not a directory
+    (rather than as a key file that "already exists")."""
+    (tmp_path / "file").write_text("x")
+    for directory in ("file", "file/sub"):
+        status, out, err = run("dkim", "keygen", "example.org", "--directory", directory)
+        assert (status, out) == (1, "")
+        assert err == f"mailserver: {tmp_path}/file is not a directory\n"
+
+
+def test_new_directories_are_private(run: Run, tmp_path: Path) -> None:
+    """Directories made for the key are the owner's alone (0700), even under umask 000."""
+    old = os.umask(0)
+    try:
+        assert run("dkim", "keygen", "example.org", "--directory", "keys/dkim")[0] == 0
+    finally:
+        os.umask(old)
+    for directory in (tmp_path / "keys", tmp_path / "keys" / "dkim"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700

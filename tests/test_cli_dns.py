@@ -61,7 +61,7 @@ def test_records_of_every_domain(run: Run, config: Path) -> None:
     assert (status, err) == (0, "")
     first, second = out.split("\n; DNS records for ")
     assert first.startswith("; DNS records for example.com, mail server mail.example.org.")
-    assert "mailserver dkim keygen example.com" in first
+    assert f"mailserver --config {config} dkim keygen example.com" in first
     assert second.startswith("example.org,")
     assert "ed2026._domainkey.example.org. 3600 IN TXT" in second
 
@@ -81,13 +81,14 @@ def test_does_not_create_the_database(run: Run, config: Path) -> None:
     assert not (config.parent / "var").exists()
 
 
-def test_unknown_domain(run: Run) -> None:
-    """A domain we know nothing of is refused in one line."""
+def test_unknown_domain(run: Run, config: Path) -> None:
+    """A domain we know nothing of is refused in one line, with the command that adds it to
+    this configuration."""
     status, out, err = run("dns-records", "other.example")
     assert (status, out) == (1, "")
     assert err == (
         "mailserver: unknown domain other.example: it is not in the user database and has no "
-        "[[dkim.keys]] (add it with: mailserver domain add other.example)\n"
+        f"[[dkim.keys]] (add it with: mailserver --config {config} domain add other.example)\n"
     )
 
 
@@ -111,23 +112,56 @@ def test_hostname_others_cannot_look_up(tmp_path: Path, capsys: pytest.CaptureFi
     assert 'server.hostname is "localhost"' in err and err.count("\n") == 1
 
 
+def test_hostname_of_the_embedded_default_with_a_configuration_here(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --config, where ./mailserver.toml exists (as quickstart leaves it), the
+    refusal of the embedded default's "localhost" asks whether --config was meant."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mailserver.toml").write_text('[server]\nhostname = "mail.example.org"\n')
+    add_domains(tmp_path / "mailserver.toml", "example.org")  # ./var, as the default has it
+    assert main(["dns-records"]) == 1
+    err = capsys.readouterr().err
+    assert err.endswith("; did you mean --config ./mailserver.toml?\n") and err.count("\n") == 1
+
+
+def test_key_option_refusals(run: Run, config: Path) -> None:
+    """--key needs DOMAIN, SELECTOR=FILE, a selector and a readable key: one line each."""
+    key = config.parent / "dkim" / "example.org.ed2026.pem"
+    cases = [
+        (("--key", f"ed2026={key}"), "--key: give the DOMAIN the key is for"),
+        (("example.org", "--key", str(key)), "--key: expected SELECTOR=FILE"),
+        (("example.org", "--key", f"bad_one={key}"), "--key: 'bad_one' is not a selector"),
+        (("example.org", "--key", "ed2026=missing.pem"), "--key: cannot read"),
+    ]
+    for args, message in cases:
+        status, out, err = run("dns-check", *args)
+        assert (status, out) == (1, ""), args
+        assert err.startswith(f"mailserver: {message}") and err.count("\n") == 1, err
+
+
 def test_report_lines() -> None:
-    """One line per finding with its status, then a summary that counts what to fix."""
+    """One line per finding with its status, then a summary that counts what to fix, with
+    the command for this configuration."""
     findings = [
         Finding(Status.OK, "MX: fine"),
         Finding(Status.MISSING, "SPF: none"),
         Finding(Status.WRONG, "DKIM x: bad"),
         Finding(Status.NOTE, "DMARC: p=none"),
     ]
-    assert report("example.org", findings) == [
+    assert report("example.org", findings, "mailserver --config /etc/m.toml") == [
         "example.org:",
         "  ok       MX: fine",
         "  MISSING  SPF: none",
         "  WRONG    DKIM x: bad",
         "  note     DMARC: p=none",
-        "  1 missing, 1 wrong: see what to publish with: mailserver dns-records example.org",
+        "  1 missing, 1 wrong: see what to publish with: mailserver --config /etc/m.toml "
+        "dns-records example.org",
     ]
     assert report("example.org", findings[:1])[-1] == "  every record is right"
+    assert report("example.org", [findings[0], findings[3]])[-1] == (
+        "  nothing missing or wrong; 1 note"
+    )
     unchecked = [Finding(Status.UNCHECKED, "MX: could not check (timeout)")]
     assert report("example.org", unchecked)[-1] == (
         "  nothing wrong found, but 1 not checked: try again later"

@@ -117,6 +117,17 @@ def test_prints_the_dns_records_and_how_to_start(run: Run, tmp_path: Path) -> No
     )
 
 
+def test_hints_name_the_configuration(run: Run, tmp_path: Path) -> None:
+    """Every command the output and the written file suggest runs on the new configuration:
+    --config with its absolute path."""
+    _, out, _ = run("quickstart", "you@example.org")
+    command = f"mailserver --config {tmp_path}/mailserver.toml"
+    assert f"Check them once published with: {command} dns-check example.org\n" in out
+    assert f"Change it with: {command} user passwd you@example.org\n" in out
+    text = (tmp_path / "mailserver.toml").read_text()
+    assert f"#     {command} dns-records example.org\n# prints it" in text
+
+
 def test_warns_about_the_self_signed_certificate(run: Run) -> None:
     """A WARNING says clients will not trust the certificate and how to get a real one."""
     _, _, err = run("quickstart", "you@example.org")

@@ -13,11 +13,11 @@ from twisted.internet.defer import Deferred
 from twisted.names import dns
 from twisted.python.failure import Failure
 
-from mailserver.config import parse_config
+from mailserver.config import DKIMKey, parse_config
 from mailserver.dkimkeys import generate, parse_key
-from mailserver.dnscheck import Finding, Status, check_domain
+from mailserver.dnscheck import Finding, Status, check_domain, check_key
 from mailserver.dnsquery import LookupFailed, NoSuchName
-from mailserver.dnsrecords import DomainRecords, plan
+from mailserver.dnsrecords import DomainRecords, plan, published_key
 from tests.fake_dns import TextsFromRecords
 
 DOMAIN = "example.org"
@@ -170,13 +170,14 @@ def test_no_mx(expected: DomainRecords) -> None:
     ]
 
 
-def test_domain_does_not_exist(expected: DomainRecords) -> None:
-    """NXDOMAIN for the domain says so and points at dns-records."""
+def test_domain_does_not_exist(expected: DomainRecords, tmp_path: Path) -> None:
+    """NXDOMAIN for the domain says so and points at dns-records, with the configuration."""
     zone = healthy()
     del zone[DOMAIN]
     (status, text), *_ = about(check(expected, zone), "MX:")
     assert status is Status.MISSING
-    assert "example.org does not exist in DNS" in text and "mailserver dns-records" in text
+    assert "example.org does not exist in DNS" in text
+    assert text.endswith(f"mailserver --config {tmp_path}/mailserver.toml dns-records example.org")
 
 
 def test_mx_elsewhere(expected: DomainRecords) -> None:
@@ -491,11 +492,16 @@ def dkim(expected: DomainRecords, *records: str) -> list[tuple[Status, str]]:
     return about(check(expected, zone), "DKIM")
 
 
-def test_dkim_missing(expected: DomainRecords) -> None:
-    """No record at the selector: missing."""
+def test_dkim_missing(expected: DomainRecords, tmp_path: Path) -> None:
+    """No record at the selector: missing, and the command that prints the record, with the
+    configuration file."""
     ((status, text),) = dkim(expected)
     assert status is Status.MISSING
-    assert text.startswith(f"DKIM {DKIM_NAME}: no key published")
+    assert text == (
+        f"DKIM {DKIM_NAME}: no key published, so every signature made with {KEY_FILE} fails; "
+        f"publish the record of: mailserver --config {tmp_path}/mailserver.toml dns-records "
+        "example.org"
+    )
 
 
 def test_dkim_other_key(expected: DomainRecords) -> None:
@@ -531,13 +537,35 @@ def test_dkim_folded_key_and_testing_flag(expected: DomainRecords) -> None:
 
 def test_no_dkim_key_configured(tmp_path: Path) -> None:
     """A domain without any configured key gets a note with the command that makes one."""
-    config = parse_config(f'[server]\nhostname = "{HOST}"\n', "t.toml", tmp_path)
+    config = parse_config(f'[server]\nhostname = "{HOST}"\n', str(tmp_path / "t.toml"), tmp_path)
     findings = check(plan(config, DOMAIN), healthy())
     assert about(findings, "DKIM") == [
         (
             Status.NOTE,
             "DKIM: no key is configured for example.org, so its mail goes out unsigned; make "
-            "one with: mailserver dkim keygen example.org",
+            f"one with: mailserver --config {tmp_path}/t.toml dkim keygen example.org",
+        )
+    ]
+
+
+def test_key_not_configured_yet(tmp_path: Path) -> None:
+    """check_key looks at one key's record only (dns-check --key): ok once published, and
+    missing before, with what to do meanwhile."""
+    (tmp_path / "dkim").mkdir()
+    (tmp_path / KEY_FILE).write_bytes(PEM)
+    config = parse_config(f'[server]\nhostname = "{HOST}"\n', str(tmp_path / "m.toml"), tmp_path)
+    published = published_key(config, DKIMKey(DOMAIN, "ed2026", tmp_path / KEY_FILE), KEY)
+    findings = run(check_key(FakeDNS(healthy()), published))
+    assert [(f.status, f.text) for f in findings] == [
+        (Status.OK, f"DKIM {DKIM_NAME}: publishes the key in {KEY_FILE}")
+    ]
+    zone = healthy()
+    del zone[DKIM_NAME]
+    assert [(f.status, f.text) for f in run(check_key(FakeDNS(zone), published))] == [
+        (
+            Status.MISSING,
+            f"DKIM {DKIM_NAME}: no key published yet (a new record can take a while to be "
+            "seen); publish the record that dkim keygen printed for it, then check again",
         )
     ]
 

@@ -9,9 +9,9 @@ import dns.rdatatype
 import dns.zone
 import pytest
 
-from mailserver.config import Config, load_config
+from mailserver.config import EMBEDDED_DEFAULT, Config, load_config, parse_config
 from mailserver.dkimkeys import KeyFileError, generate
-from mailserver.dnsrecords import Record, plan, render, render_record, shown_path
+from mailserver.dnsrecords import Record, admin_command, plan, render, render_record, shown_path
 
 
 @functools.cache
@@ -154,7 +154,7 @@ def test_domain_without_keys_and_smarthost(tmp_path: Path) -> None:
     records = plan(config, "example.com")
     assert records.dkim == ()
     text = render(records)
-    assert "mailserver dkim keygen example.com" in text
+    assert f"mailserver --config {tmp_path}/mailserver.toml dkim keygen example.com" in text
     assert "relay.isp.example" in text and "include:" in text
 
 
@@ -172,3 +172,18 @@ def test_shown_path(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     assert shown_path(config, tmp_path / "dkim" / "k.pem") == "dkim/k.pem"
     assert shown_path(config, Path("/etc/k.pem")) == "/etc/k.pem"
+
+
+def test_hints_name_the_configuration_file(tmp_path: Path) -> None:
+    """The commands the snippet suggests name the configuration file by absolute path (and
+    quoted for the shell), so they act on this server's configuration from any directory;
+    the embedded default needs no --config."""
+    config = write_config(tmp_path)
+    assert render(plan(config, "example.org")).splitlines()[1] == (
+        f"; Check them once published with: mailserver --config {tmp_path}/mailserver.toml "
+        "dns-check example.org"
+    )
+    assert admin_command("my dir/m.toml") == (f"mailserver --config '{Path.cwd()}/my dir/m.toml'")
+    assert admin_command(None) == "mailserver"
+    embedded = parse_config('[server]\nhostname = "mail.example.org"\n', EMBEDDED_DEFAULT, tmp_path)
+    assert "with: mailserver dns-check example.org" in render(plan(embedded, "example.org"))

@@ -10,6 +10,7 @@ explain. No mail server process is started; the check only reads the configurati
 from __future__ import annotations
 
 import ipaddress
+import shlex
 import subprocess
 from collections.abc import Iterator
 
@@ -98,7 +99,8 @@ def test_explains_the_broken_key(configured: RunningServer, zone: LoopbackDNS) -
         "  WRONG    DKIM ed1._domainkey.example.org: the published key is not the one in "
         "dkim/example.org.ed1.pem",
         "  ok       DMARC: p=quarantine at _dmarc.example.org",
-        "  1 wrong: see what to publish with: mailserver dns-records example.org",
+        f"  1 wrong: see what to publish with: mailserver --config {configured.config} "
+        "dns-records example.org",
     ]
 
 
@@ -111,3 +113,44 @@ def test_timeouts_are_not_wrong(configured: RunningServer) -> None:
     assert result.returncode == 3, result.stderr
     assert "could not check (timeout)" in result.stdout
     assert "WRONG" not in result.stdout and "MISSING" not in result.stdout
+
+
+def test_a_new_key_checked_with_the_command_keygen_prints(
+    configured: RunningServer, zone: LoopbackDNS
+) -> None:
+    """keygen's step 2 is a command that runs as printed: it checks the new key, which is not
+    configured yet, and nothing else; MISSING (exit 1) before the record is published, ok
+    (exit 0) once DNS serves it."""
+    with configured.config.open("a") as file:
+        file.write(f'\n[dns]\nresolver = ["{zone.address}"]\ntimeout = "10s"\n')
+    made = configured.admin(
+        "dkim", "keygen", "example.org", "--selector", "new1", "--algorithm", "ed25519"
+    )
+    step = made.stdout.split("2. ", 1)[1].split("\n\n")[1].strip()
+    assert step.startswith(f"mailserver --config {configured.config} dns-check example.org --key")
+    command = [*MAILSERVER, *shlex.split(step)[1:]]
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    result = check()
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "example.org:" and len(lines) == 3
+    assert lines[1].startswith("  MISSING  DKIM new1._domainkey.example.org: no key published yet")
+
+    key = load_key(configured.directory / "dkim" / "example.org.new1.pem")
+    before = zone.address
+    zone.stop()
+    zone.records["new1._domainkey.example.org"] = [TXT(key.dns_record())]
+    zone.start()
+    text = configured.config.read_text()  # the restarted DNS server has a new port
+    configured.config.write_text(text.replace(before, zone.address))
+    result = check()
+    assert (result.returncode, result.stderr) == (0, ""), result.stdout
+    assert result.stdout.splitlines() == [
+        "example.org:",
+        "  ok       DKIM new1._domainkey.example.org: publishes the key in "
+        "dkim/example.org.new1.pem",
+        "  every record is right",
+    ]
