@@ -380,6 +380,8 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
             durable.link(temporary, path)
         except FileExistsError:
             raise _exists(path) from None
+        except OSError as error:  # the temporary name, gone by now, would only puzzle
+            raise type(error)(error.errno, error.strerror, str(path)) from None
     finally:
         durable.remove_quietly(temporary)
     durable.fsync_directory(path.parent)

@@ -7,6 +7,7 @@ the client side Python's ssl module over memory BIOs, both driven in turn in thi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import ssl
@@ -619,6 +620,24 @@ def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as raised:
         write_self_signed(HOST, tmp_path / "c.pem", key)
     assert raised.value.filename == str(key)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_link_failure_names_the_file_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When linking the written file into place fails (a filesystem without hard links), the
+    error names the file asked for, not the temporary one, which is gone."""
+
+    def no_links(source: Path, target: Path) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted", str(source), None, str(target))
+
+    monkeypatch.setattr(mailserver.tls.durable, "link", no_links)
+    key = tmp_path / "k.pem"
+    with pytest.raises(PermissionError) as raised:
+        write_self_signed(HOST, tmp_path / "c.pem", key)
+    assert raised.value.filename == str(key)
+    assert raised.value.strerror == "Operation not permitted"
     assert list(tmp_path.iterdir()) == []
 
 
