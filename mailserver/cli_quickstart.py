@@ -1,9 +1,9 @@
 """``mailserver quickstart ADDRESS``: from nothing to a configured server in one command.
 
-It writes a commented configuration for ADDRESS's domain (the five standard listeners, a
-certificate, an RSA and an Ed25519 DKIM key), creates the domain and the user with a generated
-password, and prints the password once, the DNS records to publish and the command that starts
-the server.
+It writes a commented configuration for ADDRESS's domain (the five standard listeners, on IPv4
+and IPv6, a certificate, an RSA and an Ed25519 DKIM key), creates the domain and the user with
+a generated password, and prints the password once, the DNS records to publish and the command
+that starts the server.
 
 Everything that can be refused is checked before anything is written, and an existing
 configuration file is never touched: running it twice changes nothing the second time. Should
@@ -13,12 +13,16 @@ writing fail half-way (a full disk), what this run wrote is removed again.
 from __future__ import annotations
 
 import argparse
-import getpass
+import errno
 import grp
 import os
+import pwd
+import re
 import secrets
 import shlex
 import shutil
+import socket
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,8 +31,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from mailserver import dnsrecords, durable
-from mailserver.address import AddressError, normalize_domain, parse_address, parse_domain
+from mailserver.address import (
+    AddressError,
+    normalize,
+    normalize_domain,
+    parse_address,
+    parse_domain,
+)
 from mailserver.cli import CommandError
 from mailserver.cli_dkim import default_selector, key_file_name, key_table, toml_string
 from mailserver.config import Config, ConfigError, parse_config
@@ -102,10 +115,12 @@ class _Setup:
     data_dir: Path
     ports: tuple[int, int, int, int, int]
     loopback: bool
+    interfaces: tuple[str, ...]  # the addresses every listener binds (listen_addresses)
     certificate: Path
     private_key: Path
     self_signed: bool
     dkim: tuple[tuple[str, str, Path], ...]  # (algorithm, selector, key file)
+    warnings: tuple[str, ...] = ()  # about a given certificate, one line each
 
     @property
     def directory(self) -> Path:
@@ -115,15 +130,43 @@ class _Setup:
 # --- Checking the arguments (no writes) -----------------------------------------------------
 
 
+def _not_public(name: str) -> str | None:
+    """Why other servers cannot look ``name`` (an A-label name) up as a mail domain or host,
+    or None: one label (localhost), or a last label that is a number, which makes it an IP
+    address (RFC 1123 §2.1: the top-level label is alphabetic)."""
+    labels = name.split(".")
+    if len(labels) < 2:
+        return "it has no dot"
+    if labels[-1].isascii() and labels[-1].isdigit():
+        return "its last label is a number, so it reads as an IP address (RFC 1123 §2.1)"
+    return None
+
+
 def _address(text: str) -> tuple[str, str]:
+    shown = text.strip()
     try:
-        mailbox = parse_address(text.strip())
+        mailbox = parse_address(shown)
     except AddressError as error:
-        raise CommandError(f"{text.strip()!r}: {error}") from None
+        raise CommandError(f"{shown!r}: {error}") from None
     if mailbox.is_address_literal:
-        raise CommandError(f"{text.strip()}: give an address in a domain, not an IP address")
+        raise CommandError(f"{shown}: give an address in a domain, not an IP address")
     address = mailbox.normalized()
-    return address, address.rpartition("@")[2]
+    try:
+        # As the configuration will read it back (accounts.postmaster): a local part that
+        # needs its quotes does not survive normalisation.
+        normalize(address)
+    except AddressError as error:
+        raise CommandError(
+            f"{shown}: a local part that needs quotes cannot be used here ({error} without "
+            "them); choose an address that needs none"
+        ) from None
+    domain = address.rpartition("@")[2]
+    if reason := _not_public(domain):
+        raise CommandError(
+            f"{shown}: {domain} is not a domain other servers can look up: {reason}; give "
+            "an address in your own domain"
+        )
+    return address, domain
 
 
 def _hostname(text: str) -> str:
@@ -131,8 +174,10 @@ def _hostname(text: str) -> str:
         hostname = normalize_domain(parse_domain(text.strip()))
     except AddressError as error:
         raise CommandError(f"--hostname: {error}") from None
-    if "." not in hostname:
-        raise CommandError(f"--hostname: {hostname} is not a name other servers can look up")
+    if reason := _not_public(hostname):
+        raise CommandError(
+            f"--hostname: {hostname} is not a name other servers can look up: {reason}"
+        )
     return hostname
 
 
@@ -141,7 +186,10 @@ def _ports(text: str | None) -> tuple[int, int, int, int, int]:
         return DEFAULT_PORTS
     what = f"--ports: expected five port numbers as {','.join(PORT_NAMES)}, got {text!r}"
     parts = [part.strip() for part in text.split(",")]
-    if len(parts) != 5 or not all(part.isdigit() and 0 < int(part) < 65536 for part in parts):
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if len(parts) != 5 or not all(
+        re.fullmatch(r"[0-9]{1,5}", part) and 0 < int(part) < 65536 for part in parts
+    ):
         raise CommandError(what)
     mx, submission, submissions, pop3, pop3s = (int(part) for part in parts)
     ports = (mx, submission, submissions, pop3, pop3s)
@@ -190,6 +238,8 @@ def _prepare(args: argparse.Namespace) -> _Setup:
         raise CommandError(f"{address}: this local part cannot name a mailbox directory") from None
     if (args.certificate is None) != (args.private_key is None):
         raise CommandError("--certificate and --private-key go together")
+    now = datetime.now(UTC)
+    warnings: list[str] = []
     if args.certificate is not None:
         certificate = Path(os.path.abspath(args.certificate))
         private_key = Path(os.path.abspath(args.private_key))
@@ -197,13 +247,15 @@ def _prepare(args: argparse.Namespace) -> _Setup:
             load_context(TLSFiles(certificate, private_key))
         except TLSFileError as error:
             raise CommandError(str(error)) from None
+        warnings = _certificate_warnings(certificate, hostname, now)
         self_signed = False
     else:
         certificate, private_key = directory / f"{hostname}.crt", directory / f"{hostname}.key"
         _must_be_new(certificate, "the certificate")
         _must_be_new(private_key, "the private key")
         self_signed = True
-    now = datetime.now(UTC)
+    interfaces = listen_addresses(args.loopback)
+    _check_ports_free(interfaces, ports)
     dkim = []
     for algorithm in ("rsa", "ed25519"):
         selector = default_selector(algorithm, now)
@@ -218,11 +270,128 @@ def _prepare(args: argparse.Namespace) -> _Setup:
         data_dir,
         ports,
         args.loopback,
+        interfaces,
         certificate,
         private_key,
         self_signed,
         tuple(dkim),
+        tuple(warnings),
     )
+
+
+# --- The certificate given ----------------------------------------------------------------
+
+
+def _certificate_warnings(path: Path, hostname: str, now: datetime) -> list[str]:
+    """What makes a given certificate fail clients that check it, though it loads: another
+    name, or a validity period that excludes ``now``. Warnings, not refusals: a certificate
+    for the right name may be on its way, and the files are replaced in place."""
+    try:
+        leaf = x509.load_pem_x509_certificates(path.read_bytes())[0]
+    except (OSError, ValueError):
+        return []  # load_context has just read it; reported there if it were unreadable
+    warnings = []
+    names = _certificate_names(leaf)
+    if not any(_name_matches(name, hostname) for name in names):
+        warnings.append(
+            f"WARNING: the certificate {path} is for {', '.join(names) or 'no name'}, not "
+            f"for {hostname}: mail programs and servers that check it will refuse it"
+        )
+    if now > leaf.not_valid_after_utc:
+        warnings.append(
+            f"WARNING: the certificate {path} expired on {leaf.not_valid_after_utc:%Y-%m-%d}: "
+            "mail programs will refuse it until it is renewed"
+        )
+    elif now < leaf.not_valid_before_utc:
+        warnings.append(
+            f"WARNING: the certificate {path} is not valid before "
+            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC: is this machine's clock right?"
+        )
+    return warnings
+
+
+def _certificate_names(leaf: x509.Certificate) -> list[str]:
+    """The names a client checks (RFC 6125 §6.4.4): the subjectAltName's DNS names, and the
+    subject's CN only where there are none."""
+    try:
+        extension = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names = extension.value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    if not names:
+        names = [
+            attribute.value
+            for attribute in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            if isinstance(attribute.value, str)
+        ]
+    return [name.lower().rstrip(".") for name in names]
+
+
+def _name_matches(pattern: str, hostname: str) -> bool:
+    """RFC 6125 §6.4.3: a wildcard only as the whole left-most label, for exactly one label."""
+    if pattern.startswith("*."):
+        first, dot, rest = hostname.partition(".")
+        return bool(first) and bool(dot) and rest == pattern[2:]
+    return pattern == hostname
+
+
+# --- Where to listen ----------------------------------------------------------------------
+
+
+def _ipv6_binds(address: str) -> bool:
+    """Whether an IPv6 socket can be bound to ``address`` here: IPv6 may be missing, or
+    switched off in a container."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+def _dual_stack() -> bool:
+    """Whether an IPv6 socket takes IPv4 connections too, as Twisted leaves it: the default on
+    Linux (net.ipv6.bindv6only = 0), not on every system."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        return probe.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+
+
+def listen_addresses(loopback: bool) -> tuple[str, ...]:
+    """The addresses every listener binds: IPv4 and IPv6 wherever the machine has IPv6, as
+    the DNS records we print ask for an AAAA record. On every interface that is one socket
+    on "::" where it takes IPv4 too, else one per family; with ``loopback``, 127.0.0.1 and
+    ::1. (service.py counts each of them, "::" as every local address, as ours when it
+    detects an MX that points back at us.)"""
+    if loopback:
+        return ("127.0.0.1", "::1") if _ipv6_binds("::1") else ("127.0.0.1",)
+    if not _ipv6_binds("::"):
+        return ("0.0.0.0",)
+    return ("::",) if _dual_stack() else ("0.0.0.0", "::")
+
+
+def _port_taken(interface: str, port: int) -> bool:
+    """Whether something listens on ``port`` at ``interface`` already. A port we may not bind
+    (below 1024, without root) is not taken: the server binds it as root."""
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's listeners
+        try:
+            probe.bind((interface, port))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False
+
+
+def _check_ports_free(interfaces: tuple[str, ...], ports: tuple[int, ...]) -> None:
+    """Refuse ports in use now, rather than write a setup whose server fails to start."""
+    for port, name in zip(ports, PORT_NAMES, strict=True):
+        for interface in interfaces:
+            if _port_taken(interface, port):
+                raise CommandError(
+                    f"port {port} ({name}) is in use on {interface} already: is another mail "
+                    "server running? Stop it, or choose other ports with --ports; nothing "
+                    "changed"
+                )
 
 
 # --- The configuration file -----------------------------------------------------------------
@@ -235,25 +404,50 @@ def _relative(path: Path, directory: Path) -> str:
         return str(path)
 
 
-def _listen(kind: str, port: int, loopback: bool) -> str:
-    return f"{kind}:{port}:interface=127.0.0.1" if loopback else f"{kind}:{port}"
+def _listen(kind: str, port: int, interface: str) -> str:
+    """A tcp or ssl listener on ``port`` at ``interface``: an IPv6 tcp one is written tcp6:
+    (the same socket, but the name says it), with the colons escaped as Twisted's endpoint
+    syntax wants them."""
+    if interface == "0.0.0.0":
+        return f"{kind}:{port}"
+    if ":" in interface:
+        kind = "tcp6" if kind == "tcp" else kind
+        interface = interface.replace(":", "\\:")
+    return f"{kind}:{port}:interface={interface}"
 
 
-def _strings(items: list[str]) -> str:
-    return "[" + ", ".join(toml_string(item) for item in items) + "]"
+def _listeners(setup: _Setup, *ports: tuple[str, int]) -> str:
+    """Each (kind, port) at each of the setup's addresses, as a TOML list of literal strings
+    (the backslashes of an IPv6 address stay as they are), one a line when there are many."""
+    items = [
+        f"'{_listen(kind, port, interface)}'"
+        for kind, port in ports
+        for interface in setup.interfaces
+    ]
+    line = "[" + ", ".join(items) + "]"
+    if len(line) <= 80:
+        return line
+    return "[\n" + "".join(f"    {item},\n" for item in items) + "]"
+
+
+def _where(setup: _Setup) -> str:
+    """Where the listeners are, for the configuration's comments."""
+    if setup.loopback:
+        return f"on this machine only ({' and '.join(setup.interfaces)}, --loopback)"
+    if setup.interfaces == ("::",):
+        return 'on every interface, IPv4 and IPv6 (one socket on "::" takes both)'
+    if "::" in setup.interfaces:
+        return "on every interface, IPv4 and IPv6"
+    return "on every IPv4 interface (IPv6 could not be used on this machine)"
 
 
 def config_text(setup: _Setup, today: str) -> str:
     """The configuration file: the choices made for this server, each with a comment."""
     mx, submission, submissions, pop3, pop3s = setup.ports
-    smtp_listen = _strings([_listen("tcp", mx, setup.loopback)])
-    submission_listen = _strings(
-        [_listen("tcp", submission, setup.loopback), _listen("ssl", submissions, setup.loopback)]
-    )
-    pop3_listen = _strings(
-        [_listen("tcp", pop3, setup.loopback), _listen("ssl", pop3s, setup.loopback)]
-    )
-    where = "on 127.0.0.1 only (--loopback)" if setup.loopback else "on every interface"
+    smtp_listen = _listeners(setup, ("tcp", mx))
+    submission_listen = _listeners(setup, ("tcp", submission), ("ssl", submissions))
+    pop3_listen = _listeners(setup, ("tcp", pop3), ("ssl", pop3s))
+    where = _where(setup)
     tls_note = (
         "# A self-signed certificate, which mail programs do not trust: replace it with one\n"
         "# from a certificate authority (e.g. certbot's fullchain.pem and privkey.pem).\n"
@@ -289,7 +483,8 @@ data_dir = {toml_string(_relative(setup.data_dir, setup.directory))}
 
 [smtp]
 
-# Mail from other servers for {setup.domain} (the MX), {where}.
+# Mail from other servers for {setup.domain} (the MX). This and every other listener is
+# {where}.
 listen = {smtp_listen}
 
 
@@ -452,6 +647,10 @@ def run_quickstart(args: argparse.Namespace) -> int:
         raise CommandError(f"the configuration would not load: {error.problems[0]}") from None
     except AccountError as error:
         raise CommandError(f"{error}; nothing changed") from None
+    except sqlite3.Error as error:  # "disk I/O error", "database or disk is full", ...
+        raise CommandError(
+            f'cannot write "{database_path(setup.data_dir)}": {error}; nothing changed'
+        ) from None
     except OSError as error:
         raise CommandError(
             f'cannot write "{error.filename or setup.directory}": {error.strerror or error}; '
@@ -471,6 +670,10 @@ def _print_summary(setup: _Setup, config: Config, password: str, added: list[str
         print(
             f"wrote a self-signed certificate {setup.certificate} and its key {setup.private_key}"
         )
+    else:
+        print(f"using the certificate {setup.certificate}")
+        for warning in setup.warnings:
+            print(warning, file=sys.stderr)
     print(f"added {', '.join(added)}")
     print()
     print(f"The password of {setup.address} (it will not be shown again):")
@@ -492,13 +695,28 @@ def _print_summary(setup: _Setup, config: Config, password: str, added: list[str
 
 
 def _start_command(setup: _Setup) -> str:
-    command = f"twistd -n mailserver --config {setup.config}"
+    config = shlex.quote(str(setup.config))
+    command = f"twistd -n mailserver --config {config}"
     if min(setup.ports) >= 1024 or os.geteuid() == 0:
         return command
     # Ports below 1024 need root; twistd binds them, then runs as the files' owner.
-    group = grp.getgrgid(os.getgid()).gr_name
-    user = getpass.getuser()
-    return f"sudo twistd -n --uid {user} --gid {group} mailserver --config {setup.config}"
+    user, group = _owner()
+    return f"sudo twistd -n --uid {user} --gid {group} mailserver --config {config}"
+
+
+def _owner() -> tuple[str, str]:
+    """The user and group that own what this run wrote, as twistd's --uid and --gid take
+    them: by name, or by number where the id has no name (as in many containers)."""
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return user, group
 
 
 def _warn_self_signed(setup: _Setup) -> None:

@@ -6,15 +6,25 @@ tests/integration/test_quickstart.py starts the real server on what it writes.
 from __future__ import annotations
 
 import errno
+import grp
+import os
+import pwd
 import re
+import socket
+import sqlite3
 import stat
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from mailserver import cli_quickstart, service
 from mailserver.config import Config, load_config
 from mailserver.dkimkeys import load_key
 from mailserver.dnsrecords import plan, render
@@ -28,10 +38,23 @@ PORTS = "2525,5587,5465,1110,1995"
 Run = Callable[..., tuple[int, str, str]]
 
 
+REAL_PORT_TAKEN = cli_quickstart._port_taken
+DUAL = "tcp6:{}:interface=\\:\\:"  # the listener on "::", for IPv4 and IPv6
+
+
 @pytest.fixture(autouse=True)
 def cheap_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The command hashes with library defaults (tested in test_passwords); here, cheaply."""
     monkeypatch.setattr("mailserver.passwords.PasswordHasher", lambda: CHEAP_HASHER)
+
+
+@pytest.fixture(autouse=True)
+def network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same machine for every test: IPv6 with dual-stack sockets, every port free (the
+    real probes are tested below, and by the scenario test that starts the server)."""
+    monkeypatch.setattr(cli_quickstart, "_ipv6_binds", lambda address: True)
+    monkeypatch.setattr(cli_quickstart, "_dual_stack", lambda: True)
+    monkeypatch.setattr(cli_quickstart, "_port_taken", lambda interface, port: False)
 
 
 def password_in(out: str) -> str:
@@ -45,17 +68,17 @@ def files_in(directory: Path) -> list[str]:
 
 
 def test_writes_a_complete_setup(run: Run, tmp_path: Path) -> None:
-    """./mailserver.toml loads and passes check-config: the standard ports on every interface,
-    the data directory, the self-signed certificate and both DKIM keys beside it, the address
-    as postmaster."""
+    """./mailserver.toml loads and passes check-config: the standard ports on every interface
+    (IPv4 and IPv6, one socket for both), the data directory, the self-signed certificate and
+    both DKIM keys beside it, the address as postmaster."""
     status, _, _ = run("quickstart", "you@example.org")
     assert status == 0
     config = load_config(tmp_path / "mailserver.toml")
     assert config.server.hostname == "mail.example.org"
     assert config.server.data_dir == tmp_path / "var"
-    assert config.smtp.listen == ("tcp:25",)
-    assert config.submission.listen == ("tcp:587", "ssl:465")
-    assert config.pop3.listen == ("tcp:110", "ssl:995")
+    assert config.smtp.listen == (DUAL.format(25),)
+    assert config.submission.listen == (DUAL.format(587), "ssl:465:interface=\\:\\:")
+    assert config.pop3.listen == (DUAL.format(110), "ssl:995:interface=\\:\\:")
     assert config.tls.certificate == tmp_path / "mail.example.org.crt"
     assert config.tls.private_key == tmp_path / "mail.example.org.key"
     assert config.accounts.postmaster == "you@example.org"
@@ -137,8 +160,8 @@ def test_warns_about_the_self_signed_certificate(run: Run) -> None:
 
 
 def test_loopback_ports_and_hostname(run: Run, tmp_path: Path) -> None:
-    """--loopback binds 127.0.0.1, --ports sets the five ports in order, --hostname the name
-    (and the certificate's)."""
+    """--loopback binds 127.0.0.1 and ::1, --ports sets the five ports in order, --hostname the
+    name (and the certificate's)."""
     status, _, _ = run(
         "quickstart",
         "you@example.org",
@@ -151,12 +174,21 @@ def test_loopback_ports_and_hostname(run: Run, tmp_path: Path) -> None:
     assert status == 0
     config = load_config(tmp_path / "mailserver.toml")
     assert config.server.hostname == "mx.example.net"
-    assert config.smtp.listen == ("tcp:2525:interface=127.0.0.1",)
+    assert config.smtp.listen == (
+        "tcp:2525:interface=127.0.0.1",
+        "tcp6:2525:interface=\\:\\:1",
+    )
     assert config.submission.listen == (
         "tcp:5587:interface=127.0.0.1",
+        "tcp6:5587:interface=\\:\\:1",
         "ssl:5465:interface=127.0.0.1",
+        "ssl:5465:interface=\\:\\:1",
     )
-    assert config.pop3.listen == ("tcp:1110:interface=127.0.0.1", "ssl:1995:interface=127.0.0.1")
+    assert config.pop3.listen[2:] == (
+        "ssl:1995:interface=127.0.0.1",
+        "ssl:1995:interface=\\:\\:1",
+    )
+    assert service._our_addresses(config.smtp.listen, 2525) == ["127.0.0.1", "::1"]
     assert config.tls.certificate == tmp_path / "mx.example.net.crt"
 
 
@@ -268,3 +300,244 @@ def test_failure_half_way_leaves_nothing(
         f'mailserver: cannot write "{tmp_path}/var": No space left on device; nothing changed\n'
     )
     assert files_in(tmp_path) == []
+
+
+# --- listeners --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ipv6", "dual", "mx", "ours"),
+    [
+        (True, True, [DUAL.format(25)], ["::"]),
+        (True, False, ["tcp:25", DUAL.format(25)], ["0.0.0.0", "::"]),
+        (False, False, ["tcp:25"], ["0.0.0.0"]),
+    ],
+)
+def test_listeners_cover_ipv4_and_ipv6(
+    run: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ipv6: bool,
+    dual: bool,
+    mx: list[str],
+    ours: list[str],
+) -> None:
+    """The DNS records ask for AAAA, so the listeners take IPv6 as well as IPv4: one socket on
+    "::" where it takes both, one per family where IPv6 sockets are IPv6 only, IPv4 alone
+    without IPv6. MX loop detection counts them as every local address."""
+    monkeypatch.setattr(cli_quickstart, "_ipv6_binds", lambda address: ipv6)
+    monkeypatch.setattr(cli_quickstart, "_dual_stack", lambda: dual)
+    assert run("quickstart", "you@example.org")[0] == 0
+    config = load_config(tmp_path / "mailserver.toml")
+    assert list(config.smtp.listen) == mx
+    assert service._our_addresses(config.smtp.listen, 25) == ours
+    assert run("check-config", "mailserver.toml")[0] == 0
+
+
+def test_loopback_without_ipv6(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--loopback on a machine where ::1 cannot be bound listens on 127.0.0.1 alone."""
+    monkeypatch.setattr(cli_quickstart, "_ipv6_binds", lambda address: False)
+    assert run("quickstart", "you@example.org", "--loopback", "--ports", PORTS)[0] == 0
+    config = load_config(tmp_path / "mailserver.toml")
+    assert config.smtp.listen == ("tcp:2525:interface=127.0.0.1",)
+
+
+def test_port_in_use_is_refused(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port something listens on already is refused before anything is written, rather
+    than left for the server to fail on."""
+    monkeypatch.setattr(cli_quickstart, "_ipv6_binds", lambda address: False)
+    monkeypatch.setattr(cli_quickstart, "_port_taken", REAL_PORT_TAKEN)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status, out, err = run(
+            "quickstart", "you@example.org", "--loopback", "--ports", f"{port},5587,5465,1110,1995"
+        )
+    assert (status, out) == (1, "")
+    assert err == (
+        f"mailserver: port {port} (MX) is in use on 127.0.0.1 already: is another mail server "
+        "running? Stop it, or choose other ports with --ports; nothing changed\n"
+    )
+    assert files_in(tmp_path) == []
+
+
+def test_port_probe() -> None:
+    """The probe finds a listening socket, and calls a free port free."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert REAL_PORT_TAKEN("127.0.0.1", port)
+    assert not REAL_PORT_TAKEN("127.0.0.1", port)
+
+
+# --- the user database ----------------------------------------------------------------------
+
+
+def test_database_error_is_one_line(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite failing to write the user database (a full or failing disk) is one line naming
+    the file, and what was written is removed again."""
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(cli_quickstart, "SQLiteAccounts", failing)
+    status, out, err = run("quickstart", "you@example.org")
+    assert (status, out) == (1, "")
+    assert err == (
+        f'mailserver: cannot write "{tmp_path}/var/users.sqlite3": disk I/O error; '
+        "nothing changed\n"
+    )
+    assert files_in(tmp_path) == []
+
+
+# --- arguments refused before anything is written -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("user@123.123.123.123",),
+            "user@123.123.123.123: 123.123.123.123 is not a domain other servers can look up: "
+            "its last label is a number, so it reads as an IP address (RFC 1123 §2.1); give an "
+            "address in your own domain",
+        ),
+        (
+            ("user@localhost",),
+            "user@localhost: localhost is not a domain other servers can look up: it has no "
+            "dot; give an address in your own domain",
+        ),
+        (
+            ("you@example.org", "--hostname", "1.2.3.4"),
+            "--hostname: 1.2.3.4 is not a name other servers can look up: its last label is a "
+            "number, so it reads as an IP address (RFC 1123 §2.1)",
+        ),
+        (
+            ('"quoted local"@example.org',),
+            '"quoted local"@example.org: a local part that needs quotes cannot be used here '
+            "(invalid local part 'quoted local' without them); choose an address that needs "
+            "none",
+        ),
+        (
+            ("you@example.org", "--ports", "²,587,465,110,995"),
+            "--ports: expected five port numbers as MX,SUBMISSION,SUBMISSIONS,POP3,POP3S, got "
+            "'²,587,465,110,995'",
+        ),
+    ],
+)
+def test_refused_up_front(run: Run, tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    """Names others cannot look up (no dot, a number as last label), an address the
+    configuration could not read back, and ports that are not ASCII digits are refused in one
+    line, before any key or certificate is made."""
+    status, out, err = run("quickstart", *args)
+    assert (status, out, err) == (1, "", f"mailserver: {message}\n")
+    assert files_in(tmp_path) == []
+
+
+# --- the start command --------------------------------------------------------------------------
+
+
+def test_start_command_for_ids_without_names(
+    run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Run without root for ports below 1024, the start command names the user and group by
+    number when they have no name (as in containers)."""
+
+    def nameless(number: int) -> object:
+        raise KeyError(number)
+
+    monkeypatch.setattr(os, "geteuid", lambda: 4321)
+    monkeypatch.setattr(os, "getegid", lambda: 8765)
+    monkeypatch.setattr(pwd, "getpwuid", nameless)
+    monkeypatch.setattr(grp, "getgrgid", nameless)
+    status, out, _ = run("quickstart", "you@example.org")
+    assert status == 0
+    assert out.endswith(
+        f"    sudo twistd -n --uid 4321 --gid 8765 mailserver --config {tmp_path}/mailserver.toml\n"
+    )
+
+
+# --- a given certificate ------------------------------------------------------------------------
+
+
+def certificate_for(
+    directory: Path, names: list[str], not_before: datetime, not_after: datetime
+) -> tuple[str, str]:
+    """A certificate for ``names`` (subjectAltName) valid between the two times, and its key
+    (relative file names in ``directory``)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "c.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (directory / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return "c.pem", "k.pem"
+
+
+NOW = datetime.now(UTC)
+
+
+def test_given_certificate_for_the_name_by_wildcard(run: Run, tmp_path: Path) -> None:
+    """A wildcard certificate covers the hostname: no warning; the summary says which
+    certificate is used."""
+    certificate, key = certificate_for(
+        tmp_path, ["*.example.org"], NOW - timedelta(days=1), NOW + timedelta(days=60)
+    )
+    status, out, err = run(
+        "quickstart", "you@example.org", "--certificate", certificate, "--private-key", key
+    )
+    assert (status, err) == (0, "")
+    assert f"using the certificate {tmp_path}/c.pem\n" in out
+
+
+def test_given_certificate_warnings(run: Run, tmp_path: Path) -> None:
+    """A certificate for other names, or expired, is used but warned about, one line each."""
+    certificate, key = certificate_for(
+        tmp_path,
+        ["www.example.org", "*.mail.example.org"],
+        NOW - timedelta(days=90),
+        NOW - timedelta(days=1),
+    )
+    status, _, err = run(
+        "quickstart", "you@example.org", "--certificate", certificate, "--private-key", key
+    )
+    assert status == 0
+    expired = (NOW - timedelta(days=1)).date().isoformat()
+    assert err.splitlines() == [
+        f"WARNING: the certificate {tmp_path}/c.pem is for www.example.org, "
+        "*.mail.example.org, not for mail.example.org: mail programs and servers that check "
+        "it will refuse it",
+        f"WARNING: the certificate {tmp_path}/c.pem expired on {expired}: mail programs will "
+        "refuse it until it is renewed",
+    ]
+
+
+def test_given_certificate_not_yet_valid(run: Run, tmp_path: Path) -> None:
+    """A certificate whose validity starts later is warned about too."""
+    certificate, key = certificate_for(
+        tmp_path, ["mail.example.org"], NOW + timedelta(days=2), NOW + timedelta(days=90)
+    )
+    _, _, err = run(
+        "quickstart", "you@example.org", "--certificate", certificate, "--private-key", key
+    )
+    assert err.startswith(f"WARNING: the certificate {tmp_path}/c.pem is not valid before ")
+    assert err.endswith("UTC: is this machine's clock right?\n") and err.count("\n") == 1
