@@ -644,7 +644,11 @@ def run_quickstart(args: argparse.Namespace) -> int:
     except FileExistsError as error:
         raise CommandError(f'"{error.filename}" appeared meanwhile; nothing changed') from None
     except ConfigError as error:
-        raise CommandError(f"the configuration would not load: {error.problems[0]}") from None
+        # The file is not written (nor will it be): name the key, not the file.
+        problem = error.problems[0].removeprefix(f"{setup.config}: ")
+        raise CommandError(
+            f"the configuration would not load ({problem}); nothing changed"
+        ) from None
     except AccountError as error:
         raise CommandError(f"{error}; nothing changed") from None
     except sqlite3.Error as error:  # "disk I/O error", "database or disk is full", ...

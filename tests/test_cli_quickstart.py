@@ -438,6 +438,22 @@ def test_refused_up_front(run: Run, tmp_path: Path, args: tuple[str, ...], messa
     assert files_in(tmp_path) == []
 
 
+def test_configuration_that_would_not_load(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the text written not load after all, the error names the key, not the file
+    that was never written, and nothing is left behind."""
+    real = cli_quickstart.config_text
+    monkeypatch.setattr(
+        cli_quickstart, "config_text", lambda *args: real(*args) + "\n[dns]\ntimeout = 0\n"
+    )
+    status, out, err = run("quickstart", "you@example.org")
+    assert (status, out) == (1, "")
+    assert err.startswith("mailserver: the configuration would not load (dns.timeout: ")
+    assert err.endswith("); nothing changed\n") and "mailserver.toml" not in err
+    assert files_in(tmp_path) == []
+
+
 # --- the start command --------------------------------------------------------------------------
 
 
