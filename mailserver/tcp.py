@@ -33,6 +33,23 @@ def is_loopback(peer: object) -> bool:
     return address.is_loopback
 
 
+def client_address(peer: object) -> str:
+    """The client's address as logs, Received fields, SPF and per-client limits name it: an
+    IPv4 client of a dual-stack IPv6 socket (``::ffff:192.0.2.1``) as plain IPv4, a peer
+    without an address (a UNIX socket) as "local"."""
+    host = getattr(peer, "host", None)
+    if host is None:
+        return "local"
+    text = str(host)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return text
+
+
 PLAINTEXT_POLICIES = ("never", "loopback", "always")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
-from mailserver.tcp import disable_nagle, is_loopback, plaintext_allowed
+from mailserver.tcp import client_address, disable_nagle, is_loopback, plaintext_allowed
 
 REMOTE = IPv4Address("TCP", "192.0.2.9", 1)
 LOCAL = IPv4Address("TCP", "127.0.0.1", 1)
@@ -51,3 +51,12 @@ def test_disable_nagle_where_possible() -> None:
     disable_nagle(transport)
     assert transport.no_delay
     disable_nagle(object())
+
+
+def test_client_address_unmaps_ipv4() -> None:
+    """Clients of a dual-stack socket are named by their IPv4 address; IPv6 stays as it is;
+    a UNIX socket peer is "local"."""
+    assert client_address(IPv6Address("TCP", "::ffff:192.0.2.1", 25)) == "192.0.2.1"
+    assert client_address(IPv6Address("TCP", "2001:db8::1", 25)) == "2001:db8::1"
+    assert client_address(IPv4Address("TCP", "192.0.2.1", 25)) == "192.0.2.1"
+    assert client_address(UNIXAddress(b"/run/mail.sock")) == "local"
