@@ -15,6 +15,13 @@ Closing always ends the connection, whatever the peer does: a TLS connection clo
 its pending output is sent and the peer answers the close, which a silent peer never does, so
 a close is followed by an abort after :data:`CLOSE_GRACE` seconds, and at once when the TLS
 handshake is not even done (the reply could never be read).
+
+Output can be flow-controlled too: a subclass that registers itself as its transport's
+streaming producer (:meth:`LineServerProtocol.flow_controlled`) takes no further command while
+the transport holds more unsent output than it wants, so a client that pipelines commands
+and never reads the replies cannot make the server buffer them without bound. And
+:func:`write_now` hands a reply to the kernel at once on a plain TCP connection instead of
+waiting for the reactor's next turn.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
     IOpenSSLServerConnectionCreator,
+    IPushProducer,
     IReactorTime,
     ISSLTransport,
 )
@@ -49,7 +58,40 @@ class WireReply(Protocol):
     def to_bytes(self) -> bytes: ...
 
 
-@implementer(IHandshakeListener)
+def write_now(transport: object, data: bytes) -> bool:
+    """Write ``data`` to ``transport``; True if the kernel took all of it at once.
+
+    Twisted's TCP transport only queues what it is given and sends it on the reactor's next
+    turn, once the socket reports it writable: for a reply that would fit in the socket
+    buffer straight away, that is two more system calls and a turn of the loop per reply.
+    So on a plain TCP connection (not TLS) whose queue is empty, the octets are sent here
+    with one ``send``; whatever the kernel does not take, and everything on any other
+    transport or while something is queued (so order is kept), goes through
+    ``transport.write`` as usual. A send error is left for the transport to meet and report
+    the usual way. Whether the queue is empty is read from Twisted's own attributes
+    (``dataBuffer``, ``offset``, ``_tempDataLen``; ``WriteNowTests`` pins them), and a
+    transport without them simply gets ``write``.
+    """
+    if (
+        type(transport) is tcp.Server
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        and not getattr(transport, "_tempDataLen", 1)
+        and getattr(transport, "offset", -1) == len(getattr(transport, "dataBuffer", b""))
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # full (EAGAIN), or an error that the transport's own write will meet
+        if sent == len(data):
+            return True
+        data = data[sent:]
+    transport.write(data)  # type: ignore[attr-defined]
+    return False
+
+
+@implementer(IHandshakeListener, IPushProducer)
 class LineServerProtocol(TwistedProtocol, ABC):
     """The shared connection life and input loop; see the module docstring."""
 
@@ -63,7 +105,9 @@ class LineServerProtocol(TwistedProtocol, ABC):
         self._buffer = bytearray()
         self._waiting = False  # for work the session asked for; input waits meanwhile
         self._processing = False  # inside the input loop
-        self._paused = False
+        self._paused = False  # reading from the transport, for too much pipelined input
+        self._output_paused = False  # by the transport, for too much unsent output
+        self._flow_controlled = False
         self._closing = False
         self._discarding_line = False
         self._admitted = False
@@ -152,7 +196,12 @@ class LineServerProtocol(TwistedProtocol, ABC):
             return
         self._processing = True
         try:
-            while self.input_pending() and not self._waiting and not self._closing:
+            while (
+                self.input_pending()
+                and not self._waiting
+                and not self._output_paused
+                and not self._closing
+            ):
                 if not self.input_step():
                     break
         finally:
@@ -185,14 +234,17 @@ class LineServerProtocol(TwistedProtocol, ABC):
         """Hold the input loop until ``work`` fires; ``resume`` gets its result, then the
         loop goes on. A failure here is a bug of ours: logged, answered, connection closed."""
         self._waiting = True
+        work.addCallback(lambda result: self.stop_waiting(lambda: resume(result))).addErrback(
+            self.work_failed
+        )
 
-        def bug(failure: Failure) -> None:
-            log.failure("unexpected error in {protocol}", failure, protocol=type(self).__name__)
-            self._waiting = False
-            if not self._closing:
-                self.close_with(self.bug_reply())
-
-        work.addCallback(lambda result: self.stop_waiting(lambda: resume(result))).addErrback(bug)
+    def work_failed(self, failure: Failure) -> None:
+        """Work the input loop waited for failed: a bug of ours, logged and answered, and the
+        connection closed."""
+        log.failure("unexpected error in {protocol}", failure, protocol=type(self).__name__)
+        self._waiting = False
+        if not self._closing:
+            self.close_with(self.bug_reply())
 
     def stop_waiting(self, then: Callable[[], None]) -> None:
         """The work the input loop waited for is over: unless the connection is closing, run
@@ -229,6 +281,10 @@ class LineServerProtocol(TwistedProtocol, ABC):
             self.abort()
             return
         self.send(reply)
+        if self._flow_controlled:
+            # A transport does not close while a producer is registered.
+            self._flow_controlled = False
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
         if self._abort_call is None:
             self._abort_call = self._clock.callLater(CLOSE_GRACE, self.abort)
@@ -239,8 +295,29 @@ class LineServerProtocol(TwistedProtocol, ABC):
         self._abort_call = None
         self.transport.abortConnection()  # type: ignore[union-attr]
 
+    def flow_controlled(self) -> None:
+        """Register as the transport's streaming producer for the rest of the connection:
+        while the transport has more unsent output than it wants, no command is taken (and
+        reading pauses once :data:`PAUSE_BACKLOG` octets of input wait)."""
+        self._flow_controlled = True
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+
+    # IPushProducer, called by the transport once registered.
+
+    def pauseProducing(self) -> None:
+        self._output_paused = True
+
+    def resumeProducing(self) -> None:
+        self._output_paused = False
+        if not self._waiting and not self._closing:
+            self.process()
+
+    def stopProducing(self) -> None:
+        """The connection is going away; :meth:`connectionLost` follows."""
+        self._closing = True
+
     def _apply_backpressure(self) -> None:
-        should_pause = self._waiting and len(self._buffer) > PAUSE_BACKLOG
+        should_pause = (self._waiting or self._output_paused) and len(self._buffer) > PAUSE_BACKLOG
         if should_pause and not self._paused:
             self.transport.pauseProducing()  # type: ignore[union-attr]
             self._paused = True

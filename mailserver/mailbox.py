@@ -433,6 +433,14 @@ class MaildirMailbox:
 
     def _mark_seen(self, message: StoredMessage) -> Iterable[Path]:
         """Give a message the seen flag in ``cur/``; the directories it changed."""
+        if (
+            message.subdir == "cur"
+            and seen_name(message.filename) == message.filename
+            and os.path.lexists(f"{self._directory}/cur/{message.filename}")
+        ):
+            # Listed as seen already and still there: nothing to do. This is every message
+            # of a mailbox read before, so it costs one lstat and no Path objects.
+            return ()
         source = self._locate(message)
         if source is None:
             return ()

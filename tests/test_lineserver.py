@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import time
 from dataclasses import dataclass
 
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailserver.limits import Admission, ConnectionLimiter
-from mailserver.lineserver import CLOSE_GRACE, PAUSE_BACKLOG, LineServerProtocol
+from mailserver.lineserver import CLOSE_GRACE, PAUSE_BACKLOG, LineServerProtocol, write_now
 
 PEER = IPv4Address("TCP", "192.0.2.1", 1)
 
@@ -176,3 +181,124 @@ class ClosingTests(SynchronousTestCase):
         protocol.handshakeCompleted()
         protocol.dataReceived(b"after\r\n")
         self.assertEqual(transport.value(), b"hello\r\ngo ahead\r\nafter\r\n")
+
+
+class FlowControlTests(SynchronousTestCase):
+    def connect(self) -> tuple[Echo, StringTransport]:
+        protocol, transport = Echo(ConnectionLimiter(10, 10)), StringTransport(peerAddress=PEER)
+        protocol.makeConnection(transport)
+        protocol.flow_controlled()
+        return protocol, transport
+
+    def test_no_command_while_the_transport_is_full(self) -> None:
+        """Paused by its transport (too much unsent output), the protocol takes no command;
+        resumed, it answers the ones that waited, in order."""
+        protocol, transport = self.connect()
+        self.assertIs(transport.producer, protocol)
+        protocol.pauseProducing()
+        protocol.dataReceived(b"a\r\nb\r\n")
+        self.assertEqual(transport.value(), b"hello\r\n")
+        protocol.resumeProducing()
+        self.assertEqual(transport.value(), b"hello\r\na\r\nb\r\n")
+
+    def test_reading_pauses_while_output_is_stuck(self) -> None:
+        """Input piling up behind output the client does not read pauses reading too."""
+        protocol, transport = self.connect()
+        protocol.pauseProducing()
+        protocol.dataReceived(b"z\r\n" * (PAUSE_BACKLOG // 3 + 1))
+        self.assertEqual(transport.producerState, "paused")
+        protocol.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_pause_during_a_wait_holds_the_lines_after_it(self) -> None:
+        """Work that finishes while the output is paused answers, and the lines after it wait
+        for the resume."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"wait\r\nafter\r\n")
+        protocol.pauseProducing()
+        assert protocol.pending is not None
+        protocol.pending.callback("done")
+        self.assertEqual(transport.value(), b"hello\r\ndone\r\n")
+        protocol.resumeProducing()
+        self.assertEqual(transport.value(), b"hello\r\ndone\r\nafter\r\n")
+
+    def test_close_unregisters_first(self) -> None:
+        """A transport with a producer registered would not close: close_with unregisters."""
+        protocol, transport = self.connect()
+        protocol.close_with(Text("bye"))
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.disconnecting)
+
+    def test_stop_means_the_connection_is_gone(self) -> None:
+        """stopProducing (the connection was lost) stops the input loop at once."""
+        protocol, transport = self.connect()
+        protocol.stopProducing()
+        protocol.dataReceived(b"a\r\n")
+        self.assertEqual(transport.value(), b"hello\r\n")
+
+
+class WriteNowTests(SynchronousTestCase):
+    """write_now on a real loopback TCP connection, through Twisted's own TCP transport (so a
+    Twisted release that changes what it relies on fails here)."""
+
+    def setUp(self) -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        self.client = socket.socket()
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills up soon
+        self.client.settimeout(10)
+        self.client.connect(listener.getsockname())
+        accepted, peer = listener.accept()
+        listener.close()
+        self.reactor = MemoryReactor()
+        self.transport = tcp.Server(accepted, Protocol(), peer, None, 1, self.reactor)  # type: ignore[arg-type]
+        self.addCleanup(self.client.close)
+        self.addCleanup(accepted.close)
+
+    def receive(self, size: int, push: bool = False) -> bytes:
+        """``size`` octets from the client's end; with ``push``, the transport is given its
+        turns to write meanwhile, as the reactor would."""
+        data = bytearray()
+        deadline = time.monotonic() + 10
+        self.client.settimeout(0.05 if push else 10)
+        while len(data) < size:
+            self.assertLess(time.monotonic(), deadline)
+            if push and self.transport.doWrite() is not None:
+                raise AssertionError("connection lost")
+            with contextlib.suppress(TimeoutError):  # waiting for an ACK: write again
+                data += self.client.recv(size - len(data))
+        return bytes(data)
+
+    def test_sent_at_once_when_nothing_waits(self) -> None:
+        """With nothing queued, the octets go to the kernel at once: the peer has them without
+        a turn of the reactor, and the transport is not left waiting to write."""
+        self.assertTrue(write_now(self.transport, b"+OK hello\r\n"))
+        self.assertEqual(self.receive(11), b"+OK hello\r\n")
+        self.assertNotIn(self.transport, self.reactor.getWriters())
+
+    def test_queued_behind_output_already_waiting(self) -> None:
+        """Output the transport already holds goes first: the new octets queue behind it."""
+        self.transport.write(b"first ")
+        self.assertFalse(write_now(self.transport, b"second"))
+        self.assertEqual(self.receive(12, push=True), b"first second")
+
+    def test_what_the_kernel_does_not_take_is_queued(self) -> None:
+        """Octets beyond what the socket buffer takes wait in the transport, in order."""
+        self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        data = bytes(range(256)) * 1024  # more than the kernel buffers
+        self.assertFalse(write_now(self.transport, data))
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.assertEqual(self.receive(len(data), push=True), data)
+
+    def test_tls_and_other_transports_get_a_plain_write(self) -> None:
+        """TLS (the octets must be encrypted) and any transport that is not plain TCP: the
+        transport's own write."""
+        self.transport.TLS = True
+        written: list[bytes] = []
+        self.transport.write = written.append  # type: ignore[method-assign]
+        self.assertFalse(write_now(self.transport, b"secret"))
+        self.assertEqual(written, [b"secret"])
+        other = StringTransport()
+        self.assertFalse(write_now(other, b"hello"))
+        self.assertEqual(other.value(), b"hello")

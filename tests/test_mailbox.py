@@ -213,6 +213,24 @@ def test_commit_deletes_and_marks_seen_only_the_snapshot(tmp_path: Path) -> None
     assert (maildir / "cur" / f"{seen.name}:2,S").read_bytes() == b"seen"
 
 
+def test_commit_of_messages_seen_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message listed as seen stays as it is (same file, no directory touched); one that
+    another reader marked unread since then is marked seen again, its other flags kept."""
+    still = deliver(tmp_path, b"still", subdir="cur", name=NAMES.new(5) + ":2,S")
+    unread = deliver(tmp_path, b"unread", subdir="cur", name=NAMES.new(6) + ":2,FS")
+    box = make_store(tmp_path).open_mailbox_blocking(ADDRESS)
+    inode = still.stat().st_ino
+    os.rename(unread, unread.with_name(unread.name.replace(":2,FS", ":2,F")))
+    synced: list[Path] = []
+    monkeypatch.setattr(durable, "fsync_directories", synced.extend)
+    box.commit_blocking(deleted=[], seen=[0, 1])
+    box.close()
+    cur = maildir_path(tmp_path, ADDRESS) / "cur"
+    assert sorted(p.name for p in cur.iterdir()) == sorted([still.name, unread.name])
+    assert still.stat().st_ino == inode
+    assert synced == [cur]  # only for the one that moved
+
+
 def test_close_without_commit_changes_nothing(tmp_path: Path) -> None:
     """A dropped session releases the lock and leaves every file where it was."""
     first = deliver(tmp_path, b"one")

@@ -29,7 +29,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mailserver.authlimit import LoginThrottle
-from mailserver.interfaces import IMailboxStore
+from mailserver.interfaces import IMailboxStore, MessageInfo
 from mailserver.limits import ConnectionLimiter
 from mailserver.logins import LoginChecker
 from mailserver.memory import MemoryMailboxStore, MemoryUserDatabase
@@ -544,7 +544,7 @@ class POP3ServerTests(SynchronousTestCase):
         self.assertTrue(wire.startswith(b"+OK %d octets\r\n" % len(MESSAGE)))
         self.assertIn(b"\r\n..dot line\r\n...two\r\n", wire)
         self.assertEqual(unstuff(wire), MESSAGE)
-        self.assertIsNone(transport.producer)
+        self.assertIs(transport.producer, protocol)  # the connection's own, nothing more
 
     def test_top(self) -> None:
         """TOP sends the header, the empty line and n body lines."""
@@ -558,9 +558,9 @@ class POP3ServerTests(SynchronousTestCase):
         )
 
     def test_big_message_streams_with_flat_memory(self) -> None:
-        """A message many chunks long, with "." lines across chunk boundaries, streams through
-        a paused-and-resumed producer: no write is much bigger than a chunk, later commands
-        wait their turn, and the client reads back the exact message."""
+        """A message many chunks long, with "." lines across chunk boundaries, streams as the
+        transport pauses and resumes the connection: no write is much bigger than a chunk,
+        later commands wait their turn, and the client reads back the exact message."""
         line = b"x" * 97 + b"\r\n"
         body = bytearray()
         while len(body) < 20 * CHUNK_SIZE:
@@ -572,13 +572,13 @@ class POP3ServerTests(SynchronousTestCase):
         protocol.dataReceived(b"RETR 1\r\nNOOP\r\n")
         received = bytearray()
         rounds = 0
-        while transport.producer is not None:
+        while not received.endswith(b"+OK\r\n"):
             rounds += 1
             self.assertLess(rounds, 1000)
+            self.assertLessEqual(len(transport.value()), 2 * CHUNK_SIZE + 100)
             received += transport.value()
             transport.clear()
-            transport.producer.resumeProducing()
-        received += transport.value()
+            protocol.resumeProducing()  # the client has read it all: the transport has room
         self.assertGreater(rounds, 10)
         self.assertLessEqual(max(len(w) for w in transport.writes), 2 * CHUNK_SIZE + 100)
         self.assertTrue(received.endswith(b"\r\n.\r\n+OK\r\n"))  # NOOP answered after
@@ -609,6 +609,80 @@ class POP3ServerTests(SynchronousTestCase):
         [mailbox] = self.store.opened
         self.assertEqual(mailbox.reads, 1)
         self.assertTrue(transport.value().endswith(b"end\r\n.\r\n"))
+
+    def test_pipelined_retrs_to_a_client_that_does_not_read(self) -> None:
+        """Once the transport holds more than it wants, no further command is taken (input
+        piling up pauses reading), so replies are never buffered without bound; as the
+        client reads, the rest follow, each whole and in order."""
+        message = b"Subject: x\r\n\r\n" + b"y" * 20_000 + b"\r\n"
+        self.store.deliver_bytes(ALICE, message)
+        protocol, transport = self.login(Transport(pause_above=CHUNK_SIZE))
+        command = b"RETR" + b" " * 200 + b"1\r\n"  # padded: input piles up sooner
+        protocol.dataReceived(command * 500)  # 103,500 octets of commands
+        reply = b"+OK %d octets\r\n" % len(message) + message + b".\r\n"
+        self.assertLessEqual(len(transport.value()), CHUNK_SIZE + len(reply))
+        self.assertEqual(transport.producerState, "paused")  # reading, too
+        received = bytearray()
+        rounds = 0
+        while len(received) < 500 * len(reply):
+            rounds += 1
+            self.assertLess(rounds, 500)
+            self.assertLessEqual(len(transport.value()), CHUNK_SIZE + len(reply))
+            received += transport.value()
+            transport.clear()
+            protocol.resumeProducing()
+        self.assertEqual(bytes(received), reply * 500)
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_small_message_read_later_holds_the_next_command(self) -> None:
+        """A store that answers a read later: the commands after the RETR wait for it."""
+        self.store.deliver_bytes(ALICE, MESSAGE)
+        protocol, transport = self.login()
+        [mailbox] = self.store.opened
+        later: Deferred[bytes] = Deferred()
+        mailbox.read_message = lambda index, offset, size: later  # type: ignore[method-assign]
+        protocol.dataReceived(b"RETR 1\r\nNOOP\r\n")
+        self.assertEqual(transport.value(), b"")
+        later.callback(MESSAGE)
+        wire = transport.value()
+        self.assertTrue(wire.endswith(b"end\r\n.\r\n+OK\r\n"))
+        self.assertEqual(unstuff(wire[: -len(b"+OK\r\n")]), MESSAGE)
+
+    def test_message_longer_than_listed_is_sent_whole(self) -> None:
+        """A message whose listed size says "small" but which fills a whole chunk is streamed
+        after all: the client gets every octet, not just the first chunk."""
+        message = b"Subject: long\r\n\r\n" + b"z" * 98 + b"\r\n" + b".x\r\n" * 40_000
+        self.store.deliver_bytes(ALICE, message)
+        protocol, transport = self.login()
+        [mailbox] = self.store.opened
+        mailbox.messages[0] = MessageInfo(mailbox.messages[0].uid, 100)  # type: ignore[index]
+        protocol.dataReceived(b"RETR 1\r\nNOOP\r\n")
+        wire = transport.value()
+        self.assertTrue(wire.endswith(b"\r\n.\r\n+OK\r\n"))
+        self.assertEqual(unstuff(wire[: -len(b"+OK\r\n")]), message)
+
+    def test_small_message_unreadable_is_sys_temp(self) -> None:
+        """A first read failing for a reason of ours: -ERR [SYS/TEMP], logged, and the session
+        goes on."""
+        self.store.deliver_bytes(ALICE, MESSAGE)
+        protocol, transport = self.login()
+        [mailbox] = self.store.opened
+        mailbox.read_message = lambda index, offset, size: fail(OSError("disk"))  # type: ignore[method-assign]
+        protocol.dataReceived(b"RETR 1\r\nNOOP\r\n")
+        self.assertEqual(
+            transport.value(),
+            b"-ERR [SYS/TEMP] Temporary problem on the server, try again later\r\n+OK\r\n",
+        )
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_closing_unregisters_the_connection_producer(self) -> None:
+        """The protocol is its transport's producer while connected; a transport does not
+        close while one is registered, so closing unregisters it first."""
+        protocol, transport = self.connect()
+        self.assertIs(transport.producer, protocol)
+        protocol.dataReceived(b"QUIT\r\n")
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.disconnecting)
 
     def test_dele_then_quit_removes(self) -> None:
         """RFC 1939 §6: QUIT applies the deletions, then says +OK and closes."""

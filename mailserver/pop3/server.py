@@ -9,10 +9,19 @@ once a little has piled up, until each one is answered, so replies go out in com
 (RFC 2449 §6.6). Every reply is written whole in one ``write``, multi-line listings too, and
 Nagle's algorithm is off, so a reply leaves at once.
 
-RETR and TOP stream the message through :class:`MessageStreamer`, a push producer: a message
-that fits in one chunk goes out in a single write together with its status line and the
-terminating ".", a larger one chunk by chunk as the client reads, so memory stays flat
-whatever the message size and however slow the reader.
+RETR and TOP: a message listed as shorter than one chunk (:data:`CHUNK_SIZE`; most mail) is
+read at once, in the reactor thread like every chunk, and goes out in a single write
+together with its status line and the terminating "."; a larger one streams through
+:class:`MessageStreamer` chunk by chunk as the client reads. On a plain TCP connection a
+reply is handed to the kernel at once (:func:`~mailserver.lineserver.write_now`), so a small
+RETR costs one read from the client, one file read and one send, all in one turn of the
+reactor.
+
+Memory stays flat whatever the message size and however slow the reader: the protocol is its
+transport's producer for the whole connection, so once the transport holds more unsent output
+than it wants, no further command is taken (and a streaming message pauses) until the client
+has read some. A client that pipelines RETRs and never reads gets its replies one
+transport buffer at a time.
 
 A dropped connection, an idle timeout or a crash never reaches the UPDATE state: the mailbox
 is released without change (RFC 1939 §6). Only QUIT applies deletions.
@@ -27,13 +36,16 @@ from __future__ import annotations
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
+    IConsumer,
     IOpenSSLServerConnectionCreator,
+    IProducer,
     IReactorTime,
     ISSLTransport,
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailserver.deadline import Deadline
 from mailserver.interfaces import (
@@ -44,7 +56,7 @@ from mailserver.interfaces import (
     MessageGone,
 )
 from mailserver.limits import Admission, ConnectionLimiter
-from mailserver.lineserver import LineServerProtocol
+from mailserver.lineserver import LineServerProtocol, WireReply, write_now
 from mailserver.logins import LoginChecker
 from mailserver.pop3 import replies
 from mailserver.pop3.replies import Reply
@@ -60,7 +72,7 @@ from mailserver.pop3.session import (
     StartTLS,
 )
 from mailserver.pop3.stuffing import encoder_for
-from mailserver.streaming import MessageStreamer
+from mailserver.streaming import CHUNK_SIZE, MessageStreamer
 from mailserver.tcp import PLAINTEXT_POLICIES, plaintext_allowed
 
 log = Logger()
@@ -127,6 +139,7 @@ class POP3ServerProtocol(LineServerProtocol):
             tls_available=self.factory.tls is not None,
             encrypted=encrypted,
         )
+        self.flow_controlled()
         self.send(self.session.greeting())
         self._touch()
 
@@ -229,6 +242,42 @@ class POP3ServerProtocol(LineServerProtocol):
         mailbox = self._mailbox
         assert mailbox is not None
         self._waiting = True
+        if mailbox.messages[action.index].size < CHUNK_SIZE:
+            self._send_small(mailbox, action)
+        else:
+            self._stream(mailbox, action)
+
+    def _send_small(self, mailbox: IMailbox, action: SendMessage) -> None:
+        """One read of up to a chunk: a short read is the whole message (IMailbox), sent
+        with its status line and "." in one write. The Maildir store reads at once, so the
+        input loop simply goes on; no producer, no turn of the reactor."""
+
+        def read(data: bytes) -> None:
+            if self._closing:
+                self._waiting = False
+            elif len(data) < CHUNK_SIZE:
+                encoder = encoder_for(action.top_lines)
+                body = encoder.feed(data)
+                write_now(
+                    self.transport, b"".join((action.reply.to_bytes(), body, encoder.finish()))
+                )
+                self.stop_waiting(_nothing)
+            else:
+                self._stream(mailbox, action)  # longer than listed: streamed after all
+
+        def unreadable(failure: Failure) -> None:
+            if self._closing:
+                self._waiting = False
+                return
+            unavailable = self._unavailable(action.index, failure)
+            self.stop_waiting(lambda: self._resume(unavailable))
+
+        reading = mailbox.read_message(action.index, 0, CHUNK_SIZE)
+        reading.addCallbacks(read, unreadable).addErrback(self.work_failed)
+
+    def _stream(self, mailbox: IMailbox, action: SendMessage) -> None:
+        """Chunk by chunk through a :class:`MessageStreamer`, which this protocol pauses and
+        resumes as the transport asks."""
         index = action.index
 
         def read(offset: int, size: int) -> Deferred[bytes]:
@@ -242,10 +291,7 @@ class POP3ServerProtocol(LineServerProtocol):
                 pass
             elif not streamer.started:
                 # Nothing sent yet: the client gets -ERR and the session goes on.
-                gone = failure.check(MessageGone) is not None
-                if not gone:
-                    log.failure("reading message {index} failed", failure, index=index)
-                unavailable = self._session.message_unavailable(index, gone)
+                unavailable = self._unavailable(index, failure)
                 self.stop_waiting(lambda: self._resume(unavailable))
             else:
                 # The status line is out: the only honest way to stop is to hang up.
@@ -253,7 +299,7 @@ class POP3ServerProtocol(LineServerProtocol):
                 self.abort()
 
         streamer = MessageStreamer(
-            self.transport,  # type: ignore[arg-type]
+            _StreamOutput(self.transport),
             read,
             encoder_for(action.top_lines),
             action.reply.to_bytes(),
@@ -261,7 +307,16 @@ class POP3ServerProtocol(LineServerProtocol):
             on_done=done,
         )
         self._streamer = streamer
+        if self._output_paused:
+            streamer.pauseProducing()
         streamer.start()
+
+    def _unavailable(self, index: int, failure: Failure) -> Outcome:
+        """The reply for a message whose first read failed (nothing was sent)."""
+        gone = failure.check(MessageGone) is not None
+        if not gone:
+            log.failure("reading message {index} failed", failure, index=index)
+        return self._session.message_unavailable(index, gone)
 
     def _commit(self, action: Commit) -> None:
         mailbox = self._mailbox
@@ -308,6 +363,22 @@ class POP3ServerProtocol(LineServerProtocol):
 
     # -- output, timers, flow control ------------------------------------------------------
 
+    def send(self, reply: WireReply) -> None:
+        write_now(self.transport, reply.to_bytes())
+
+    def pauseProducing(self) -> None:
+        """The transport has more unsent output than it wants: no new command, and the
+        message being streamed, if any, waits too."""
+        super().pauseProducing()
+        if self._streamer is not None:
+            self._streamer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        streamer = self._streamer
+        super().resumeProducing()
+        if streamer is not None:
+            streamer.resumeProducing()
+
     @property
     def _session(self) -> POP3Session:
         assert self.session is not None
@@ -330,3 +401,26 @@ class POP3ServerProtocol(LineServerProtocol):
             self.abort()  # in the middle of a message: no reply can be sent
         else:
             self.close_with(replies.TIMEOUT)
+
+
+def _nothing() -> None:
+    pass
+
+
+@implementer(IConsumer)
+class _StreamOutput:
+    """What a :class:`MessageStreamer` writes to: the connection. The protocol is already the
+    transport's producer for the whole connection and passes its pauses and resumes on to the
+    streamer, so the streamer's own registration is not needed."""
+
+    def __init__(self, transport: object) -> None:
+        self._transport = transport
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        write_now(self._transport, data)

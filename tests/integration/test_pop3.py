@@ -406,3 +406,33 @@ def test_50_mib_message_to_a_slow_reader_with_flat_memory(server: RunningServer)
     assert status == f"+OK {len(data)} octets".encode()
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
     assert peak - baseline < 16 * 1024, f"server grew by {peak - baseline} KiB"
+
+
+def test_pipelined_retrs_to_a_client_that_does_not_read(server: RunningServer) -> None:
+    """3,000 RETRs of a 20 KiB message pipelined by a client that reads nothing for a while
+    (60 MiB of replies): the server takes commands only as the replies drain, so its memory
+    stays flat; then every reply arrives whole and in order."""
+    data = b"Subject: small\r\n\r\n" + (b"." + b"x" * 97 + b"\r\n") * 200
+    new = server.maildir(ALICE) / "new"
+    (new / f"1700000000.M1P1Q1.small,S={len(data)}").write_bytes(data)
+    assert server.process is not None
+    pid = server.process.pid
+    count = 3000
+    reply = f"+OK {len(data)} octets\r\n".encode() + data.replace(b"\n.", b"\n..") + b".\r\n"
+    with socket.create_connection(("127.0.0.1", server.pop3_port), timeout=30) as sock:
+        reader = sock.makefile("rb", buffering=0)
+        assert reader.readline().startswith(b"+OK")
+        sock.sendall(f"USER {ALICE}\r\nPASS {PASSWORD}\r\n".encode())
+        assert reader.readline().startswith(b"+OK")
+        assert reader.readline().startswith(b"+OK Logged in")
+        baseline = rss_kib(pid)
+        sock.sendall(b"RETR 1\r\n" * count)
+        time.sleep(1)  # the server works through whatever it is allowed to
+        grown = rss_kib(pid) - baseline
+        received = bytearray()
+        while len(received) < count * len(reply):
+            chunk = sock.recv(1 << 20)
+            assert chunk, "connection closed early"
+            received += chunk
+    assert grown < 16 * 1024, f"server grew by {grown} KiB"
+    assert bytes(received) == reply * count
