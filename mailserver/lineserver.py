@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailserver.limits import Admission, ConnectionLimiter
-from mailserver.tcp import disable_nagle
+from mailserver.tcp import client_address, disable_nagle
 
 log = Logger()
 
@@ -149,7 +149,7 @@ class LineServerProtocol(TwistedProtocol, ABC):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self._client = str(getattr(peer, "host", "local"))
+        self._client = client_address(peer)
         self._handshaking = ISSLTransport.providedBy(self.transport)  # implicit TLS
         admission = self._limiter.admit(self._client)
         if admission is not Admission.ADMITTED:

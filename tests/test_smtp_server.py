@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -291,6 +291,16 @@ class ConnectionTests(ServerTestCase):
         )
         self.assertTrue(client.closed)
         self.assertEqual(self.spool_files(), [])
+
+    def test_ipv4_client_of_a_dual_stack_socket_is_named_by_ipv4(self) -> None:
+        """A client reaching an IPv6 socket over IPv4 (::ffff:192.0.2.1) is 192.0.2.1 in the
+        Received field, as it would be on an IPv4 socket."""
+        mapped = IPv6Address("TCP", "::ffff:192.0.2.1", 4321)
+        client = Client(self.factory(), mapped)  # type: ignore[arg-type]
+        client.send(TRANSACTION + b"DATA\r\n" + message(BODY))
+        self.assertEqual(client.codes()[-1:], codes(replies.MESSAGE_ACCEPTED))
+        (stored,) = self.store.mailboxes["bob@ours.example"]
+        self.assertIn(b"Received: from client.example ([192.0.2.1])", stored)
 
     def test_nagle_disabled(self) -> None:
         """Replies are not held back by Nagle's algorithm: TCP_NODELAY is set on a transport
