@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.server import RunningServer, free_port
+from tests.integration.sink import SMTPSink
 
 PASSWORD = "correct horse battery staple"
 
@@ -39,3 +40,10 @@ def server(server_factory) -> RunningServer:  # type: ignore[no-untyped-def]
     server.admin("alias", "add", "postmaster@example.org", "alice@example.org")
     server.start()
     return server
+
+
+@pytest.fixture
+def sink() -> Iterator[SMTPSink]:
+    """A running receiving server on 127.0.0.1: the MX of the other domains in a test."""
+    with SMTPSink() as running:
+        yield running

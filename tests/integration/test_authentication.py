@@ -65,12 +65,6 @@ def dns_server(keys: dict[str, tuple[Path, SigningKey]]) -> Iterator[LoopbackDNS
 
 
 @pytest.fixture
-def sink() -> Iterator[SMTPSink]:
-    with SMTPSink() as running:
-        yield running
-
-
-@pytest.fixture
 def mail_server(
     server_factory,  # type: ignore[no-untyped-def]
     dns_server: LoopbackDNS,

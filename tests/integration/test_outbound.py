@@ -77,13 +77,6 @@ def dns_server() -> Iterator[LoopbackDNS]:
     server.stop()
 
 
-@pytest.fixture
-def sink() -> Iterator[SMTPSink]:
-    """A running sink, the MX of elsewhere.test."""
-    with SMTPSink() as running:
-        yield running
-
-
 StartServer = Callable[..., RunningServer]
 
 
